@@ -1,0 +1,115 @@
+"""The records that cross process boundaries, defined once with shapes and dtypes.
+
+Every role (rollout actors, learner, pair sampler, annotators, reward trainer) imports
+these; nothing else defines its own copy.
+
+Observation of the skill environment (one env; a vector env stacks a leading batch axis):
+
+| key          | shape             | dtype   | meaning                                                   |
+|--------------|-------------------|---------|-----------------------------------------------------------|
+| crop_chars   | (H, W)            | uint8   | tty characters around the hero (hero at the centre)       |
+| crop_colors  | (H, W)            | uint8   | tty colours of the same cells (0-15)                      |
+| blstats      | (30 + K,)         | float32 | 27 NLE blstats + 3 extras, scaled (§7.1), + skill one-hot |
+| message      | (256,)            | uint8   | current message as char codes, zero padded                |
+| diffstats    | (5,)              | float32 | sign of depth change since skill start, entries 1-4 zero  |
+| msg_count    | ()                | int32   | episodic count of the current message (20-key cache)      |
+| skill        | ()                | int64   | id of the active skill                                    |
+
+K is the number of skills (5 for the paper's set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MESSAGE_LEN = 256
+NLE_BLSTATS = 27
+BLSTATS_EXTRAS = 3  # starting spell type, number of potions, number of food items
+DIFFSTATS_LEN = 5
+DEFAULT_CROP = (12, 12)
+
+
+def blstats_dim(num_skills: int) -> int:
+    return NLE_BLSTATS + BLSTATS_EXTRAS + num_skills
+
+
+def observation_spec(num_skills: int, crop: tuple[int, int] = DEFAULT_CROP) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of one skill-env observation, keyed by name."""
+    return {
+        "crop_chars": (tuple(crop), np.dtype(np.uint8)),
+        "crop_colors": (tuple(crop), np.dtype(np.uint8)),
+        "blstats": ((blstats_dim(num_skills),), np.dtype(np.float32)),
+        "message": ((MESSAGE_LEN,), np.dtype(np.uint8)),
+        "diffstats": ((DIFFSTATS_LEN,), np.dtype(np.float32)),
+        "msg_count": ((), np.dtype(np.int32)),
+        "skill": ((), np.dtype(np.int64)),
+    }
+
+
+# Hunger states in blstats[21] order (NLE_BL_HUNGER), as words the LLM reads.
+HUNGER_WORDS = ("Satiated", "Normal", "Hungry", "Weak", "Fainting", "Fainted", "Starved")
+
+
+@dataclass(frozen=True)
+class GameState:
+    """What a caption needs of one moment of a game: the message and six stats (§2.3)."""
+
+    message: str
+    depth: int
+    gold: int
+    hp: int
+    hp_max: int
+    level: int  # experience level (blstats[18])
+    hunger: int  # index into HUNGER_WORDS
+
+    def stats(self) -> tuple[int, int, int, int, int, int]:
+        return (self.depth, self.gold, self.hp, self.hp_max, self.level, self.hunger)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One annotatable observation: a (previous, current) state pair and its text.
+
+    `text` is what the LLM reads; `message` and `depth_change` are what the reward model
+    reads (current message only, sign of the depth change; §4.1). Both come from the same
+    pair so the LLM and the reward model never disagree about which moment this is.
+    """
+
+    text: str
+    message: str
+    depth_change: int  # +1 deeper, -1 shallower, 0 same level
+
+    def reward_key(self) -> str:
+        """Identity of the reward-model input (dedup key for normalisation, §4.5)."""
+        return f"{self.message}\x00{self.depth_change}"
+
+
+# Preference labels (§2.4): which caption of a pair better fits the skill.
+LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class CaptionPair:
+    """Two captions to be compared for one skill."""
+
+    skill: str
+    first: Caption
+    second: Caption
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One label from an annotator, with its provenance."""
+
+    pair: CaptionPair
+    label: int  # LABEL_FIRST | LABEL_SECOND | LABEL_TIE | LABEL_UNKNOWN
+    backend: str
+    model: str
+    prompt_version: str
+    created_at: float  # unix time
+
+    def soft_target(self) -> float:
+        """Probability that the second caption is preferred; ties and unknowns are 0.5 (§2.4)."""
+        return {LABEL_FIRST: 0.0, LABEL_SECOND: 1.0}.get(self.label, 0.5)
