@@ -1,0 +1,228 @@
+"""A whole run as one validated config: pydantic models, YAML on disk, named presets.
+
+`local` sizes everything for a laptop (2 CPU cores, embedded LLM, minutes); `paper` holds
+the reference's settings (spec §3.3, §4.4, §4.6, §7, §8.2); `cluster` is `paper` sized for
+a Ray cluster with vLLM annotators. Bad values fail at load time with the field's path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmotif.skills.specs import PAPER_SKILLS, SkillSpec, validate_skill_list
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names each bad field and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(_Section):
+    crop: tuple[int, int] = Field((12, 12), description="tty crop (rows, cols) around the hero")
+    max_episode_steps: int = Field(10_000, gt=0)
+    msg_max_keys: int = Field(20, gt=0, description="message-count cache size (§4.6)")
+    caption_gap: int = Field(100, gt=0, description="env steps between a caption's two states")
+    caption_rate: float = Field(0.01, ge=0.0, le=1.0, description="captions sampled per env step")
+    policy_call_budget_s: float = Field(0.05, gt=0.0, description="time budget of one code-policy call")
+    training_policy: str = Field("builtin:exploration", description="code policy over skills (builtin:<name> or a file)")
+
+
+class AnnotatorConfig(_Section):
+    backend: Literal["embedded", "vllm", "openai"] = "embedded"
+    model: str = "qwen2.5-coder-1.5b"
+    mode: Literal["pointwise", "pairwise"] = "pointwise"
+    num_annotators: int = Field(1, ge=0)
+    batch_size: int = Field(8, gt=0)
+    tie_margin: float = Field(0.5, ge=0.0, description="pointwise: score gap below which a pair is a tie")
+    temperature: float = Field(0.1, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=-1)
+    max_tokens: int = Field(4096, gt=0)
+    base_url: str | None = Field(None, description="OpenAI-compatible server (backend: openai)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, description="CPU threads of the embedded backend")
+
+
+class RewardConfig(_Section):
+    lr: float = Field(1e-5, gt=0.0)
+    batch_size: int = Field(1000, gt=0)
+    epochs: int = Field(20, gt=0)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    retrain_every_labels: int = Field(1000, gt=0, description="retrain when this many new labels arrived")
+    beta: float = Field(3.0, ge=0.0, description="message-count exponent (§4.6)")
+    coef: float = Field(0.1, ge=0.0, description="intrinsic reward coefficient")
+    extrinsic_coef: float = Field(0.0, ge=0.0)
+    bound: float = Field(10.0, gt=0.0, description="normalised rewards are clamped to ±bound")
+
+
+class NetworkConfig(_Section):
+    core_hidden: int = Field(512, gt=0)
+    crop_channels: int = Field(32, gt=0)
+    char_embed: int = Field(32, gt=0)
+    blstats_hidden: int = Field(128, gt=0)
+    message_dim: int = Field(128, gt=0)
+
+
+class LearnerConfig(_Section):
+    total_env_steps: int = Field(4_000_000_000, gt=0)
+    rollout: int = Field(32, gt=0)
+    batch_size: int = Field(4096, gt=0, description="samples per SGD step")
+    lr: float = Field(1e-4, gt=0.0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    entropy_coef: float = Field(0.003, ge=0.0)
+    value_coef: float = Field(0.5, ge=0.0)
+    clip_ratio: float = Field(0.1, gt=0.0)
+    value_clip: float = Field(1.0, gt=0.0)
+    max_grad_norm: float = Field(4.0, gt=0.0)
+    max_policy_lag: int = Field(10_000, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    network: NetworkConfig = NetworkConfig()
+
+    @model_validator(mode="after")
+    def _batch_holds_whole_rollouts(self):
+        if self.batch_size % self.rollout:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of rollout ({self.rollout})"
+            )
+        return self
+
+
+class ActorsConfig(_Section):
+    num_actors: int | Literal["auto"] = "auto"
+    envs_per_actor: int = Field(20, gt=0)
+    threads_per_actor: int = Field(1, ge=1)
+
+
+class ClusterConfig(_Section):
+    address: str | None = Field(None, description="Ray address to join; None starts Ray locally")
+    dashboard_host: str = "127.0.0.1"
+    num_cpus: int | None = Field(None, gt=0)
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class PathsConfig(_Section):
+    run_dir: Path = Path("runs/latest")
+    model_cache: Path = Path("~/.cache/mmotif/models")
+
+
+class RunConfig(_Section):
+    """Everything one `mmotif run` needs."""
+
+    name: str = "mmotif"
+    seed: int = 0
+    time_limit_s: float | None = Field(None, gt=0, description="stop after this many seconds")
+    checkpoint_every_steps: int = Field(50_000_000, gt=0)
+    env: EnvConfig = EnvConfig()
+    skills: list[SkillSpec] = Field(default_factory=lambda: list(PAPER_SKILLS))
+    annotator: AnnotatorConfig = AnnotatorConfig()
+    reward: RewardConfig = RewardConfig()
+    learner: LearnerConfig = LearnerConfig()
+    actors: ActorsConfig = ActorsConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @field_validator("skills")
+    @classmethod
+    def _skills_are_usable(cls, skills: list[SkillSpec]) -> list[SkillSpec]:
+        return validate_skill_list(skills)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "local": {
+        "name": "local",
+        "time_limit_s": 600,
+        "checkpoint_every_steps": 200_000,
+        "env": {"max_episode_steps": 2000, "caption_rate": 0.02},
+        "annotator": {"model": "qwen2.5-coder-0.5b", "batch_size": 4, "threads": 1},
+        "reward": {"batch_size": 128, "epochs": 5, "lr": 3e-4, "retrain_every_labels": 100},
+        "learner": {
+            "total_env_steps": 2_000_000, "rollout": 32, "batch_size": 512, "lr": 3e-4,
+            "device": "cpu",
+            "network": {"core_hidden": 128, "crop_channels": 16, "char_embed": 16,
+                        "blstats_hidden": 64, "message_dim": 64},
+        },
+        "actors": {"num_actors": 1, "envs_per_actor": 16},
+        "paths": {"run_dir": "runs/local"},
+    },
+    "cluster": {
+        "name": "cluster",
+        "annotator": {"backend": "vllm", "model": "meta-llama/Llama-3.1-70B-Instruct",
+                      "mode": "pairwise", "num_annotators": 1, "batch_size": 2000,
+                      "tensor_parallel_size": 4},
+        "learner": {"device": "cuda"},
+        "actors": {"num_actors": "auto", "envs_per_actor": 20},
+        "cluster": {"address": "auto"},
+        "paths": {"run_dir": "runs/cluster"},
+    },
+}
+PRESETS = tuple(PRESET_OVERRIDES)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"  {path}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESET_OVERRIDES:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return build_config(PRESET_OVERRIDES[name], f"preset {name}")
+
+
+def load_config(path: str | Path | None = None, preset_name: str | None = None,
+                overrides: dict | None = None) -> RunConfig:
+    """A preset (default `paper`), then the YAML file, then `overrides`, merged in that order."""
+    data = dict(PRESET_OVERRIDES.get(preset_name or "paper", {}))
+    if preset_name and preset_name not in PRESET_OVERRIDES:
+        raise ConfigError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+    source = f"preset {preset_name or 'paper'}"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
+        source = str(path)
+    if overrides:
+        data = _merge(data, overrides)
+    return build_config(data, source)

@@ -1,0 +1,41 @@
+"""Scripted situations on real NLE through NetHack's wizard (debug) mode."""
+
+from __future__ import annotations
+
+from mmotif.nethack.game import NetHackGame
+
+CTRL_F, CTRL_T, CTRL_W = 6, 20, 23
+
+
+def keys(game: NetHackGame, *sequence: int | str) -> None:
+    """Send raw keys, bypassing macros and prompt handling."""
+    for item in sequence:
+        for key in ([ord(c) for c in item] if isinstance(item, str) else [item]):
+            game._send(key)
+
+
+def settle(game: NetHackGame) -> None:
+    """Dismiss whatever --More-- the raw keys left on screen."""
+    game._handle_prompts()
+    game._refresh_message()
+
+
+def reveal_map(game: NetHackGame) -> None:
+    keys(game, CTRL_F)
+    settle(game)
+
+
+def teleport_onto(game: NetHackGame, feature: str) -> None:
+    """Stand on the staircase `feature` ('<' or '>') of this level."""
+    reveal_map(game)
+    keys(game, CTRL_T, feature, ".")
+    settle(game)
+
+
+def wish(game: NetHackGame, item: str) -> None:
+    keys(game, CTRL_W, item + "\r")
+    settle(game)
+
+
+def screen(game: NetHackGame) -> str:
+    return "\n".join(bytes(r).decode("latin-1").rstrip() for r in game.tty_chars)
