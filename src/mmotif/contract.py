@@ -113,3 +113,20 @@ class Preference:
     def soft_target(self) -> float:
         """Probability that the second caption is preferred; ties and unknowns are 0.5 (§2.4)."""
         return {LABEL_FIRST: 0.0, LABEL_SECOND: 1.0}.get(self.label, 0.5)
+
+
+@dataclass(frozen=True)
+class RewardModelVersion:
+    """A published, immutable set of per-skill reward models (`mmotif.rewards.versions`).
+
+    The weights live in `path` (a directory `<root>/v000007/` with `manifest.json` and one
+    weights file per skill); this record is what the reward trainer announces and what
+    trajectories and metrics cite. Tuples are in skill-id order.
+    """
+
+    version: int
+    path: str
+    skills: tuple[str, ...]
+    n_labels: tuple[int, ...]  # labels each skill's model was trained on (0: constant reward)
+    val_accuracy: tuple[float | None, ...]  # held-out accuracy on non-tie pairs, None if unknown
+    created_at: float  # unix time

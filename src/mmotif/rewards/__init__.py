@@ -1,0 +1,13 @@
+"""Per-skill reward models: network, preference store, trainer, statistics, RL transform, versions.
+
+Modules (import them directly; this package imports nothing so light processes such as the
+annotators can use `mmotif.rewards.store` without loading torch):
+
+- `model`:     `MessageEncoder` (char-CNN, shared with the policy) and `RewardModel` (§4.2)
+- `store`:     `PreferenceStore`, the durable append-only SQLite label store
+- `training`:  Bradley-Terry loss with ties, caption encoding, `train_reward_model`,
+               `fit_skill_reward` (§4.3-4.4)
+- `stats`:     normalisation over unique inputs, per-skill thresholds, quantile table (§4.5)
+- `transform`: `intrinsic_reward`, the RL-time transform (§4.6)
+- `versions`:  `RewardModelSet`, `publish`, `load`: immutable numbered versions
+"""
