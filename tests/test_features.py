@@ -4,7 +4,9 @@ import numpy as np
 
 from mmotif.contract import observation_spec
 from mmotif.nethack.captions import caption_text, game_state, make_caption
-from mmotif.nethack.features import MessageCounter, window_around_hero, write_blstats, write_crop
+from mmotif.nethack.features import (
+    InventoryCounts, MessageCounter, window_around_hero, write_blstats, write_crop,
+)
 
 
 def _screen_with_hero(x, y):
@@ -47,8 +49,12 @@ def test_message_counter_counts_and_evicts_least_recent():
 def test_blstats_scaling_extras_and_one_hot():
     raw = np.arange(27, dtype=np.int64) + 1
     out = np.zeros(35, np.float32)
-    classes = np.array([8, 8, 7, 0] + [0] * 51, np.uint8)
-    write_blstats(raw, 2, classes, skill=3, out=out)
+    letters = np.array([ord(c) for c in "abcd"] + [0] * 51, np.uint8)
+    classes = np.array([8, 8, 7, 12] + [0] * 51, np.uint8)
+    inventory = InventoryCounts()
+    inventory.update(letters, classes, frozenset([ord("a")]))
+    assert inventory.new_items == 1  # b: a potion picked up later; c is food, d coins
+    write_blstats(raw, 2, inventory, skill=3, out=out)
     assert np.isclose(out[0], 1 / 79) and np.isclose(out[20], 21 / 1000)
     assert out[12] == 0  # depth is hidden from the policy (§7.1)
     assert list(out[27:30]) == [2, 2, 1]

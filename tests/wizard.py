@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mmotif.nethack.game import _K as game_keys
 from mmotif.nethack.game import NetHackGame
 
 CTRL_F, CTRL_T, CTRL_W = 6, 20, 23
@@ -26,10 +27,18 @@ def reveal_map(game: NetHackGame) -> None:
 
 
 def teleport_onto(game: NetHackGame, feature: str) -> None:
-    """Stand on the staircase `feature` ('<' or '>') of this level."""
-    reveal_map(game)
-    keys(game, CTRL_T, feature, ".")
-    settle(game)
+    """Stand on the staircase `feature` ('<' or '>') of this level (checked with `:`)."""
+    wanted = b"staircase up" if feature == "<" else b"staircase down"
+    for _ in range(5):  # a monster standing on the stairs makes the teleport land elsewhere
+        reveal_map(game)
+        keys(game, CTRL_T, feature, ".")
+        settle(game)
+        keys(game, ":")
+        here = game.obs[game_keys["message"]].tobytes()
+        settle(game)
+        if wanted in here:
+            return
+    raise AssertionError(f"could not stand on {feature!r}")
 
 
 def wish(game: NetHackGame, item: str) -> None:

@@ -63,11 +63,17 @@ class RewardConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    core_hidden: int = Field(512, gt=0)
-    crop_channels: int = Field(32, gt=0)
-    char_embed: int = Field(32, gt=0)
-    blstats_hidden: int = Field(128, gt=0)
-    message_dim: int = Field(128, gt=0)
+    """`size` picks a preset of `mmotif.learners.network` (paper: GRU 512, ~2.9M
+    parameters; local: GRU 128, ~0.28M); the other fields override single widths."""
+
+    size: Literal["paper", "local"] = "paper"
+    core_hidden: int | None = Field(None, gt=0)
+    crop_hidden: int | None = Field(None, gt=0)
+    blstats_hidden: int | None = Field(None, gt=0)
+    message_dim: int | None = Field(None, gt=0)
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump(exclude={"size"}).items() if v is not None}
 
 
 class LearnerConfig(_Section):
@@ -149,8 +155,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "learner": {
             "total_env_steps": 2_000_000, "rollout": 32, "batch_size": 512, "lr": 3e-4,
             "device": "cpu",
-            "network": {"core_hidden": 128, "crop_channels": 16, "char_embed": 16,
-                        "blstats_hidden": 64, "message_dim": 64},
+            "network": {"size": "local"},
         },
         "actors": {"num_actors": 1, "envs_per_actor": 16},
         "paths": {"run_dir": "runs/local"},

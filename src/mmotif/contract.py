@@ -130,3 +130,47 @@ class RewardModelVersion:
     n_labels: tuple[int, ...]  # labels each skill's model was trained on (0: constant reward)
     val_accuracy: tuple[float | None, ...]  # held-out accuracy on non-tie pairs, None if unknown
     created_at: float  # unix time
+
+
+# What the reward models read of the observation that followed an action.
+REWARD_INPUT_KEYS = ("message", "diffstats", "msg_count")
+
+
+@dataclass
+class TrajectoryBatch:
+    """T steps of B envs from one rollout actor; numpy arrays, time-major.
+
+    obs[t] is what action t was chosen on (its `skill` is the skill that acted);
+    obs[T] is only for the bootstrap value. dones[t]: the episode ended after action t,
+    so obs[t+1] is the first observation of a new episode. next_* are the reward-model
+    inputs of the observation that followed action t, taken before any reset: the
+    intrinsic reward of step t is r_{skill_t}(next_message_t, next_diffstats_t) divided by
+    next_msg_count_t**beta. (The reference rewarded o_t's own message with o_t's skill;
+    rewarding the outcome credits the skill that caused it.)
+    """
+
+    obs: dict[str, np.ndarray]  # (T+1, B, ...) per observation_spec
+    actions: np.ndarray  # (T, B) int64
+    logp: np.ndarray  # (T, B) float32, behaviour policy
+    values: np.ndarray  # (T, B) float32, behaviour critic
+    env_rewards: np.ndarray  # (T, B) float32, game score delta
+    dones: np.ndarray  # (T, B) bool
+    next_message: np.ndarray  # (T, B, 256) uint8
+    next_diffstats: np.ndarray  # (T, B, 5) float32
+    next_msg_count: np.ndarray  # (T, B) int32
+    core_state: np.ndarray  # (B, H) float32, recurrent state entering step 0
+    policy_version: int
+    actor_id: int
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.actions.size)
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """Published policy weights: a number and a CPU state dict (numpy arrays)."""
+
+    version: int
+    weights: dict[str, np.ndarray]
+    env_steps: int  # env steps the learner had consumed when it published this version

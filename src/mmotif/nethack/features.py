@@ -12,7 +12,7 @@ import numpy as np
 from mmotif.contract import NLE_BLSTATS
 
 # blstats indices (NLE_BL_*)
-BL_X, BL_Y, BL_GOLD, BL_HP, BL_HPMAX, BL_DEPTH = 0, 1, 13, 10, 11, 12
+BL_X, BL_Y, BL_SCORE, BL_GOLD, BL_HP, BL_HPMAX, BL_DEPTH = 0, 1, 9, 13, 10, 11, 12
 BL_XL, BL_TIME, BL_HUNGER, BL_DNUM = 18, 20, 21, 23
 
 # Fixed per-field scale of the reference (§7.1). Fields scaled by 0 (stats, score, depth,
@@ -24,6 +24,7 @@ BLSTATS_SCALE[[10, 11, 14, 15, 16, 18]] = 1 / 10  # HP, HPmax, energy, energy ma
 BLSTATS_SCALE[BL_TIME] = 1 / 1000
 BLSTATS_SCALE[[BL_HUNGER, BL_DNUM, 25]] = 1.0  # hunger, dungeon number, condition bits
 
+FOOD_CLASS, POTION_CLASS, COIN_CLASS = 7, 8, 12  # NetHack object classes
 DOWNSTAIR_GLYPH = 2359 + 24  # GLYPH_CMAP_OFF + S_dnstair
 MINES_DNUM = 2
 WINDOW_RADIUS = 3  # 7x7 window of the initiation functions
@@ -63,24 +64,39 @@ def window_around_hero(tty_chars, tty_colors, x: int, y: int) -> tuple[np.ndarra
     return chars, colors
 
 
-def count_new_items(letters, oclasses, starting_letters: frozenset[int]) -> int:
-    """Inventory items that are neither food nor coins and were not there at the start."""
-    n = 0
-    for letter, oclass in zip(letters.tolist(), oclasses.tolist()):
-        if letter == 0:
-            break
-        if oclass not in (7, 12) and letter not in starting_letters:
-            n += 1
-    return n
+class InventoryCounts:
+    """Counts the features need from the inventory, recomputed only when it changes."""
+
+    def __init__(self):
+        self._key = b""
+        self.new_items = self.potions = self.food = 0
+
+    def update(self, letters, oclasses, starting_letters: frozenset[int]) -> None:
+        key = letters.tobytes() + oclasses.tobytes()
+        if key == self._key:
+            return
+        self._key = key
+        new_items = potions = food = 0
+        for letter, oclass in zip(letters.tolist(), oclasses.tolist()):
+            if letter == 0:
+                break
+            potions += oclass == POTION_CLASS
+            food += oclass == FOOD_CLASS
+            # neither food nor coins, and not in the starting inventory
+            if oclass != FOOD_CLASS and oclass != COIN_CLASS and letter not in starting_letters:
+                new_items += 1
+        self.new_items, self.potions, self.food = new_items, potions, food
 
 
-def write_blstats(blstats, spell_type: int, oclasses, skill: int, out: np.ndarray) -> None:
+def write_blstats(blstats, spell_type: int, inventory: InventoryCounts, skill: int, out: np.ndarray) -> None:
     """27 scaled blstats, 3 extras (spell type, #potions, #food), skill one-hot."""
-    np.multiply(blstats, BLSTATS_SCALE, out=out[:NLE_BLSTATS], casting="unsafe")
+    head = out[:NLE_BLSTATS]
+    np.copyto(head, blstats, casting="unsafe")
+    head *= BLSTATS_SCALE
+    out[NLE_BLSTATS:] = 0
     out[NLE_BLSTATS] = spell_type
-    out[NLE_BLSTATS + 1] = np.count_nonzero(oclasses == 8)
-    out[NLE_BLSTATS + 2] = np.count_nonzero(oclasses == 7)
-    out[NLE_BLSTATS + 3 :] = 0
+    out[NLE_BLSTATS + 1] = inventory.potions
+    out[NLE_BLSTATS + 2] = inventory.food
     out[NLE_BLSTATS + 3 + skill] = 1
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from nle import nethack
 
 from mmotif.nethack import actions as A
+from mmotif.nethack.features import COIN_CLASS, FOOD_CLASS
 from mmotif.nethack.options import PLAYER_NAME, options_for_nle
 
 OBS_KEYS = (
@@ -21,7 +22,6 @@ OBS_KEYS = (
 )
 _K = {k: i for i, k in enumerate(OBS_KEYS)}
 
-FOOD_CLASS, POTION_CLASS, COIN_CLASS = 7, 8, 12
 
 # Single-key prompts the agent answers itself; every other one is declined (ESC).
 YN_WHITELIST = (b"eat", b"attack", b"direction?", b"pray", b"drop", b"drink", b"Sell")

@@ -1,0 +1,273 @@
+"""The skill environment: NLE + the skill machinery, call-and-return (spec §5.4).
+
+Every env step: play the action, update the Mines-branch knowledge, evaluate the
+initiation functions, ask the code policy whether the active skill terminates and, if so,
+which skill runs next. The observation carries the active skill (id and one-hot); `info`
+carries the bookkeeping (switches, depth, branch, per-skill steps).
+
+Timing (a deliberate choice, see contract.py): `diffstats` of an observation is the sign
+of the depth change since the start of the skill that chose the previous action, so the
+observation that shows a descent still says "deeper" even when that descent ends the skill.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from mmotif.contract import Caption, DEFAULT_CROP, observation_spec
+from mmotif.nethack import actions as A
+from mmotif.nethack.captions import game_state, make_caption
+from mmotif.nethack.features import (
+    BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, InventoryCounts, MessageCounter,
+    sees_branch_staircase, window_around_hero, write_blstats, write_crop,
+)
+from mmotif.nethack.game import NetHackGame
+from mmotif.skills.code_policy import CodePolicy, CodePolicyError, SurroundingsView
+from mmotif.skills.specs import SkillSet
+
+UNKNOWN_BRANCH = -2
+PRECONDITION_CACHE_SIZE = 4096
+
+
+@dataclass
+class EpisodeStats:
+    steps: int = 0
+    score: int = 0
+    max_depth: int = 1
+    entered_mines: bool = False
+    skill_switches: int = 0
+    policy_errors: int = 0
+    last_policy_error: str = ""
+    branch_depth: int = UNKNOWN_BRANCH
+    skill_steps: list[int] = field(default_factory=list)
+
+
+class SkillEnv(gym.Env):
+    """One NetHack game driven by a code policy over skills."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        skills: SkillSet,
+        policy: CodePolicy,
+        crop: tuple[int, int] = DEFAULT_CROP,
+        max_episode_steps: int = 10_000,
+        msg_max_keys: int = 20,
+        caption_rate: float = 0.0,
+        caption_gap: int = 100,
+        seed: int | None = None,
+        wizard: bool = False,
+    ):
+        self.skills = skills
+        self.policy = policy
+        self.crop = tuple(crop)
+        self.max_episode_steps = max_episode_steps
+        self.caption_rate = caption_rate
+        self.caption_gap = caption_gap
+        self.game = NetHackGame(wizard=wizard)
+        self.messages = MessageCounter(msg_max_keys)
+        self.inventory = InventoryCounts()
+        self._rng = np.random.default_rng(seed)
+        self._names = skills.names
+        self._precondition_skills = skills.with_precondition()
+        self._precondition_kw = {name: f"{name}_precondition" for name in self._precondition_skills}
+        self._has_descender = "descender" in self._names
+
+        spec = observation_spec(len(skills), self.crop)
+        self.observation_space = gym.spaces.Dict({
+            k: gym.spaces.Box(0, 255, shape, dtype) if dtype == np.uint8
+            else gym.spaces.Box(-np.inf, np.inf, shape, dtype)
+            for k, (shape, dtype) in spec.items()
+        })
+        self.action_space = gym.spaces.Discrete(A.NUM_ACTIONS)
+        self._obs = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+        self.captions: list[Caption] = []
+        self._snapshots: deque = deque()
+        self.stats = EpisodeStats()
+
+    # -- gym API -------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.begin_episode()
+        self.write_observation(self._obs)
+        return {k: v.copy() for k, v in self._obs.items()}, self.info()
+
+    def step(self, action: int):
+        reward, terminated, truncated = self.advance(int(action))
+        self.write_observation(self._obs)
+        return {k: v.copy() for k, v in self._obs.items()}, reward, terminated, truncated, self.info()
+
+    def close(self):
+        self.game.close()
+
+    # -- core (used directly by the vector env) -------------------------------------
+    def begin_episode(self) -> None:
+        self.game.reset()
+        self.messages.reset()
+        self.inventory = InventoryCounts()
+        self._precondition_cache: dict = {}
+        self.inventory.update(self.game.inv_letters, self.game.inv_oclasses, self.game.starting_letters)
+        self._snapshots.clear()
+        self.stats = EpisodeStats(skill_steps=[0] * len(self._names))
+        self._skill = self._checked_skill(self._call(self.policy.new_episode, self._names[0]))
+        self.policy.set_attribute("branch_depth", UNKNOWN_BRANCH)
+        bl = self._bl = self.game.blstats.tolist()
+        self._start_time, self._start_depth = bl[BL_TIME], bl[BL_DEPTH]
+        self._acting_start_depth = self._start_depth
+        self._score0 = bl[BL_SCORE]
+        self._next_snapshot = self._draw_snapshot_delay()
+        self._msg_count = self.messages.add(self.game.message_bytes())
+
+    def advance(self, action: int) -> tuple[float, bool, bool]:
+        """Play one action and run the skill machinery. Returns (reward, terminated, truncated)."""
+        game, stats = self.game, self.stats
+        stats.skill_steps[self.skill_id] += 1
+        terminated = game.step(action)
+        stats.steps += 1
+        truncated = not terminated and stats.steps >= self.max_episode_steps
+        bl = self._bl = game.blstats.tolist()  # Python ints: cheaper to index than numpy
+        depth, dnum, score = bl[BL_DEPTH], bl[BL_DNUM], bl[BL_SCORE]
+        reward = float(score - self._score0 - stats.score)
+        stats.score = score - self._score0
+        stats.max_depth = max(stats.max_depth, depth)
+        stats.entered_mines |= dnum == MINES_DNUM
+        self._msg_count = self.messages.add(game.message_bytes())
+        self.inventory.update(game.inv_letters, game.inv_oclasses, game.starting_letters)
+        self._acting_start_depth = self._start_depth
+        if stats.branch_depth == UNKNOWN_BRANCH and dnum == 0 and 2 <= depth <= 4:
+            if sees_branch_staircase(game.glyphs):
+                self._learn_branch(depth)
+        if not terminated:
+            self._run_skill_machinery(depth, dnum, bl[BL_TIME])
+        if self.caption_rate > 0:
+            self._sample_captions(terminated or truncated)
+        return reward, terminated, truncated
+
+    def write_observation(self, out: dict[str, np.ndarray]) -> None:
+        game, bl = self.game, self._bl
+        write_crop(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y], out["crop_chars"], out["crop_colors"])
+        write_blstats(game.blstats, game.spell_type, self.inventory, self._skill_id, out["blstats"])
+        np.copyto(out["message"], game.message)
+        change = bl[BL_DEPTH] - self._acting_start_depth
+        out["diffstats"][0] = (change > 0) - (change < 0)
+        out["msg_count"][...] = self._msg_count
+        out["skill"][...] = self._skill_id
+
+    @property
+    def skill(self) -> str:
+        return self._skill
+
+    @property
+    def skill_id(self) -> int:
+        return self._skill_id
+
+    def info(self) -> dict:
+        s = self.stats
+        return {
+            "skill": self._skill,
+            "skill_switches": s.skill_switches,
+            "depth": int(self.game.blstats[BL_DEPTH]),
+            "branch": int(self.game.blstats[BL_DNUM]),
+            "branch_depth": s.branch_depth,
+            "entered_mines": s.entered_mines,
+            "policy_errors": s.policy_errors,
+            "episode_steps": s.steps,
+            "score": s.score,
+            "skill_steps": dict(zip(self._names, s.skill_steps)),
+        }
+
+    def pop_captions(self) -> list[Caption]:
+        captions, self.captions = self.captions, []
+        return captions
+
+    # -- skill machinery -------------------------------------------------------------
+    def _run_skill_machinery(self, depth: int, dnum: int, turn: int) -> None:
+        preconditions = self._preconditions()
+        skill_time = turn - self._start_time
+        ended = self._call(
+            self.policy.terminates, False,
+            self._skill, skill_time, depth, self._start_depth, **preconditions,
+        )
+        if not ended:
+            return
+        if (self.stats.branch_depth == UNKNOWN_BRANCH and dnum != 0
+                and self._has_descender and self._skill == "descender"):
+            self._learn_branch(self._start_depth)
+        nxt = self._call(
+            self.policy.next_skill, self._names[0],
+            self._skill, depth, dnum, **preconditions,
+        )
+        self._skill = self._checked_skill(nxt)
+        self.stats.skill_switches += 1
+        self._start_time, self._start_depth = turn, depth
+
+    def _preconditions(self) -> dict[str, bool]:
+        """`<skill>_precondition` keywords for every skill with an initiation function.
+
+        Initiation functions are, by the code-policy API, functions of (skill, view) only,
+        so an answer is reused while the window and the new-item count are unchanged.
+        """
+        if not self._precondition_skills:
+            return {}
+        game, bl = self.game, self._bl
+        chars, colors = window_around_hero(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y])
+        new_items = self.inventory.new_items
+        key = (chars.tobytes(), colors.tobytes(), new_items)
+        cached = self._precondition_cache.get(key)
+        if cached is not None:
+            return cached
+        view = SurroundingsView(chars, colors, new_items)
+        answers = {
+            self._precondition_kw[name]: bool(self._call(self.policy.initiation, False, name, view))
+            for name in self._precondition_skills
+        }
+        if len(self._precondition_cache) >= PRECONDITION_CACHE_SIZE:
+            self._precondition_cache.clear()
+        self._precondition_cache[key] = answers
+        return answers
+
+    def _learn_branch(self, depth: int) -> None:
+        self.stats.branch_depth = depth
+        self.policy.set_attribute("branch_depth", depth)
+
+    def _call(self, method, fallback, *args, **kwargs):
+        """Run policy code; a failing call is counted and replaced by `fallback`."""
+        try:
+            return method(*args, **kwargs)
+        except CodePolicyError as err:
+            self.stats.policy_errors += 1
+            self.stats.last_policy_error = str(err)
+            return fallback
+
+    def _checked_skill(self, name) -> str:
+        if name not in self._names:
+            self.stats.policy_errors += 1
+            self.stats.last_policy_error = f"policy returned {name!r}, not a skill name"
+            name = self._names[0]
+        self._skill_id = self._names.index(name)
+        return name
+
+    # -- caption stream ---------------------------------------------------------------
+    def _draw_snapshot_delay(self) -> int:
+        if self.caption_rate <= 0:
+            return -1
+        return self.stats.steps + int(self._rng.geometric(self.caption_rate))
+
+    def _sample_captions(self, episode_over: bool) -> None:
+        steps = self.stats.steps
+        if steps == self._next_snapshot:
+            state = game_state(self.game.message_bytes(), self.game.blstats)
+            self._snapshots.append((steps + self.caption_gap, state))
+            self._next_snapshot = self._draw_snapshot_delay()
+        while self._snapshots and self._snapshots[0][0] == steps:
+            _, earlier = self._snapshots.popleft()
+            now = game_state(self.game.message_bytes(), self.game.blstats)
+            self.captions.append(make_caption(earlier, now))
+        if episode_over:
+            self._snapshots.clear()

@@ -1,0 +1,205 @@
+"""The skill environment on real NLE: call-and-return switching on scripted situations."""
+
+import numpy as np
+import pytest
+
+from mmotif.config import ConfigError, load_config
+from mmotif.contract import observation_spec
+from mmotif.nethack import actions as A
+from mmotif.nethack.features import DOWNSTAIR_GLYPH, sees_branch_staircase
+from mmotif.skills.build import make_skill_env, make_vector_env
+from mmotif.skills.code_policy import CodePolicy, builtin_source
+from mmotif.skills.env import SkillEnv
+from mmotif.skills.sandbox import UnsafeCodeError
+from mmotif.skills.specs import SkillSet
+from wizard import teleport_onto, wish
+
+SCRIPTED = '''
+class NetHackPlayer:
+    def set_initial_values(self):
+        self.skill = "{first}"
+        self.discoverer_skill_steps = 500
+
+    def perform_task(self, current_skill, dungeon_depth, branch_number,
+                     merchant_precondition, worshipper_precondition):
+        if merchant_precondition:
+            return "merchant"
+        if worshipper_precondition:
+            return "worshipper"
+        if current_skill == "descender":
+            return "ascender"
+        return "discoverer"
+'''
+
+
+def scripted_env(first: str) -> SkillEnv:
+    skills = SkillSet()
+    policy = CodePolicy.from_parts(
+        [("scripted", SCRIPTED.format(first=first)),
+         ("builtin/initiation_termination.py", builtin_source("initiation_termination"))],
+        skills.names, skills.with_precondition(), seed=0,
+    )
+    env = SkillEnv(skills, policy, wizard=True, seed=0)
+    env.reset()
+    return env
+
+
+def test_observation_matches_the_contract():
+    env = scripted_env("discoverer")
+    obs, *_ = env.step(A.INDEX["SEARCH"])
+    for key, (shape, dtype) in observation_spec(5).items():
+        assert obs[key].shape == shape and obs[key].dtype == dtype, key
+    assert obs["crop_chars"][6, 6] == ord("@")
+    assert obs["blstats"][30:].tolist() == [1, 0, 0, 0, 0]  # discoverer one-hot
+    env.close()
+
+
+def test_descender_ends_on_the_descent_and_the_next_skill_starts():
+    env = scripted_env("descender")
+    assert env.skill == "descender"
+    teleport_onto(env.game, ">")
+    obs, _, _, _, info = env.step(A.INDEX["DOWN"])
+    assert info["depth"] == 2 and info["skill_switches"] == 1
+    assert env.skill == "ascender" and obs["skill"] == 2
+    assert bytes(obs["message"]).startswith(b"You descend the stairs.")
+    assert obs["diffstats"][0] == 1  # the descent is credited to the skill that made it
+    obs, _, _, _, info = env.step(A.INDEX["SEARCH"])
+    assert obs["diffstats"][0] == 0 and info["skill_switches"] == 1  # ascender not done yet
+    env.close()
+
+
+def test_discoverer_ends_after_500_game_turns():
+    env = scripted_env("discoverer")  # the scripted policy re-selects the discoverer
+    start = int(env.game.blstats[20])
+    switches = 0
+    while switches == 0:
+        before = int(env.game.blstats[20]) - start
+        _, _, term, _, info = env.step(A.INDEX["WAIT"])
+        assert not term
+        after = int(env.game.blstats[20]) - start
+        switches = info["skill_switches"]
+        if switches == 0:
+            assert after < 500
+    assert before < 500 <= after
+    env.close()
+
+
+def test_altar_in_sight_with_a_new_item_hands_control_to_the_worshipper():
+    env = scripted_env("discoverer")
+    wish(env.game, "altar")  # appears under the hero: not in sight (hero's cell excluded)
+    env.step(A.INDEX["SEARCH"])
+    assert env.skill == "discoverer"
+    for direction in ("E", "W", "N", "S"):
+        x, y = env.game.blstats[:2].tolist()
+        env.step(A.INDEX[direction])
+        if env.game.blstats[:2].tolist() != [x, y]:
+            break
+    assert env.skill == "discoverer"  # altar in sight, but nothing worth identifying
+    wish(env.game, "ring of adornment")
+    _, _, _, _, info = env.step(A.INDEX["SEARCH"])
+    assert env.skill == "worshipper" and info["skill_switches"] >= 1
+    env.close()
+
+
+def test_branch_staircase_rule():
+    glyphs = np.zeros((21, 79), np.int16)
+    glyphs[3, 4] = DOWNSTAIR_GLYPH
+    assert not sees_branch_staircase(glyphs)
+    glyphs[10, 40] = DOWNSTAIR_GLYPH
+    assert sees_branch_staircase(glyphs)
+
+
+def test_failing_policy_call_is_counted_and_replaced(tmp_path):
+    source = SCRIPTED.format(first="discoverer") + '''
+    def skill_termination(self, skill, skill_time, depth, start_depth, **pre):
+        if skill_time == 7:  # not among the dry run's situations: fails only in the game
+            return 1 // 0
+        return False
+
+    def skill_precondition(self, skill, view):
+        return False
+'''
+    skills = SkillSet()
+    policy = CodePolicy.from_source(source, skills.names, skills.with_precondition(), seed=0)
+    env = SkillEnv(skills, policy, seed=0)
+    env.reset()
+    for _ in range(20):
+        _, _, term, _, info = env.step(A.INDEX["SEARCH"])
+        assert not term
+    assert info["policy_errors"] > 0 and "ZeroDivisionError" in env.stats.last_policy_error
+    assert env.skill == "discoverer"
+    env.close()
+
+
+def test_vector_env_steps_in_place_and_resets_finished_games():
+    cfg = load_config(overrides={"env": {"max_episode_steps": 5, "caption_rate": 0.5, "caption_gap": 2}})
+    venv = make_vector_env(cfg, 3, seed=0)
+    obs = venv.reset()
+    assert obs["blstats"].shape == (3, 35) and obs["skill"].shape == (3,)
+    for step in range(5):
+        obs, rewards, dones = venv.step(np.full(3, A.INDEX["SEARCH"]))
+    assert dones.all()  # truncated at 5 steps, and already reset
+    episodes = venv.pop_finished_episodes()
+    assert len(episodes) == 3 and all(e["truncated"] and e["episode_steps"] == 5 for e in episodes)
+    assert venv.pop_captions(), "captions are sampled from the running games"
+    venv.close()
+
+
+def test_custom_skill_set_from_yaml(tmp_path):
+    policy = tmp_path / "policy.py"
+    policy.write_text('''
+class NetHackPlayer:
+    def set_initial_values(self):
+        self.skill = "wanderer"
+
+    def skill_termination(self, skill, skill_time, depth, start_depth):
+        return skill_time >= 10
+
+    def perform_task(self, current_skill, dungeon_depth, branch_number):
+        return "resting" if current_skill == "wanderer" else "wanderer"
+''')
+    config = tmp_path / "run.yaml"
+    config.write_text(f'''
+skills:
+  - name: wanderer
+    description: Walks around.
+    preference: Favour seeing new places.
+  - name: resting
+    description: Rests.
+    preference: Favour regaining HP.
+env:
+  training_policy: {policy}
+''')
+    cfg = load_config(config)
+    env = make_skill_env(cfg, seed=0)
+    obs, _ = env.reset()
+    assert obs["blstats"].shape == (32,) and env.skill == "wanderer"
+    start = int(env.game.blstats[20])
+    for _ in range(50):
+        if env.step(A.INDEX["SEARCH"])[2]:
+            pytest.skip("the hero died before 10 turns passed")
+        if env.skill == "resting":
+            break
+    assert env.skill == "resting" and int(env.game.blstats[20]) - start >= 10
+    env.close()
+
+
+@pytest.mark.parametrize("body, what", [
+    ("import os", "import"),
+    ("x = ().__class__.__bases__", "_"),
+])
+def test_unsafe_training_policy_refused_before_any_game(tmp_path, body, what):
+    policy = tmp_path / "policy.py"
+    policy.write_text(body + "\n" + SCRIPTED.format(first="discoverer"))
+    cfg = load_config(overrides={"env": {"training_policy": str(policy)}})
+    with pytest.raises(UnsafeCodeError) as err:
+        make_skill_env(cfg, seed=0)
+    assert what in str(err.value) and "line 1" in str(err.value).lower()
+
+
+def test_bad_config_names_the_field(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("learner:\n  rollout: 0\nenv:\n  crop: [12]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "learner.rollout" in str(err.value) and "env.crop" in str(err.value)
