@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from mmotif.config import PRESETS, ConfigError, RunConfig, load_config
+from mmotif.config import PRESETS, ConfigError, RunConfig, load_config, with_overrides
 
 NOT_BUILT_YET = {
     "annotate": "annotation of caption pairs (issue: AI feedback)",
@@ -16,7 +15,6 @@ NOT_BUILT_YET = {
     "plan": "code generation for a task (issue: code generation and tasks)",
     "eval": "zero-shot evaluation (issue: code generation and tasks)",
     "replay": "episode replays (issue: code generation and tasks)",
-    "submit": "cluster job submission (issue: cluster jobs)",
 }
 
 
@@ -38,21 +36,24 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from mmotif.runtime.smoke import skill_env_smoke
+    from mmotif.runtime.checkpoint import CheckpointError
+    from mmotif.runtime.driver import Driver, TrainingStopped
 
     cfg = _config(args, default_preset="local")
-    run_dir = Path(cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    print(f"mmotif run '{cfg.name}': config written to {run_dir / 'config.yaml'}")
-    print("stage 1/1 built so far: skill environment (NLE + skills + code policy over skills)")
-    t0 = time.perf_counter()
-    summary = skill_env_smoke(cfg, env_steps=args.smoke_steps)
-    summary["wall_s"] = round(time.perf_counter() - t0, 2)
-    (run_dir / "smoke.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print("not built yet: rollout actors + learner (APPO/V-trace), pair sampling and annotation "
-          "with the embedded LLM, reward-model retraining, evaluation report.")
+    overrides = {}
+    if args.time_limit is not None:
+        overrides["time_limit_s"] = args.time_limit
+    if args.run_dir is not None:
+        overrides["paths"] = {"run_dir": str(args.run_dir)}
+    if overrides:
+        cfg = with_overrides(cfg, overrides, "command line")
+    print(f"mmotif run '{cfg.name}' -> {cfg.paths.run_dir}  (Ray dashboard: http://{cfg.cluster.dashboard_host}:8265)")
+    try:
+        summary = Driver(cfg, resume=args.resume).run()
+    except (CheckpointError, TrainingStopped) as err:
+        print(f"\nmmotif: {err}", file=sys.stderr)
+        return 1
+    print("\n" + json.dumps(summary, indent=2))
     return 0
 
 
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline (default: preset local)")
     _add_config_args(run)
-    run.add_argument("--smoke-steps", type=int, default=2000,
-                     help="env steps of the skill-environment stage")
+    run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    run.add_argument("--time-limit", type=float, default=None, help="seconds (overrides time_limit_s)")
+    run.add_argument("--run-dir", type=Path, default=None, help="run folder (overrides paths.run_dir)")
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="inspect configs")
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in NOT_BUILT_YET.items():
         p = sub.add_parser(name, help=f"{what} — not built yet")
         p.set_defaults(func=cmd_not_built)
+
+    from mmotif.runtime.submit import add_job_subcommands  # submit, status, logs, stop
+
+    add_job_subcommands(sub, _add_config_args)
     return parser
 
 

@@ -201,6 +201,11 @@ def build_config(data: dict, source: str = "<dict>") -> RunConfig:
         raise ConfigError(_describe(err, source)) from None
 
 
+def with_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -> RunConfig:
+    """A new validated config: `cfg` with `overrides` merged in (nested dicts merge)."""
+    return build_config(_merge(cfg.model_dump(mode="json"), overrides), source)
+
+
 def preset(name: str) -> RunConfig:
     if name not in PRESET_OVERRIDES:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

@@ -8,6 +8,13 @@ carries the bookkeeping (switches, depth, branch, per-skill steps).
 Timing (a deliberate choice, see contract.py): `diffstats` of an observation is the sign
 of the depth change since the start of the skill that chose the previous action, so the
 observation that shows a descent still says "deeper" even when that descent ends the skill.
+
+Task hook (optional, for evaluation): `task` is any object with `begin(env)` and
+`observe(env, action)`. `begin` is called at the end of every `begin_episode` (the game is
+reset and the policy's new player exists); `observe` after every played action, *before*
+the skill machinery, so a hook may update policy attributes with
+`env.policy.set_attribute(...)` that `skill_termination` / `perform_task` see on the same
+step (spec §5.4 step 4). `mmotif.nethack.tasks.TaskTracker` is such a hook.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class SkillEnv(gym.Env):
         caption_gap: int = 100,
         seed: int | None = None,
         wizard: bool = False,
+        task=None,
     ):
         self.skills = skills
         self.policy = policy
@@ -89,6 +97,7 @@ class SkillEnv(gym.Env):
         self.captions: list[Caption] = []
         self._snapshots: deque = deque()
         self.stats = EpisodeStats()
+        self.task = task              # optional evaluation hook (see the module docstring)
 
     # -- gym API -------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options=None):
@@ -105,6 +114,10 @@ class SkillEnv(gym.Env):
 
     def close(self):
         self.game.close()
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the env's own sampling (captions); NetHack games are never seeded (§9.4)."""
+        self._rng = np.random.default_rng(seed)
 
     # -- core (used directly by the vector env) -------------------------------------
     def begin_episode(self) -> None:
@@ -123,6 +136,8 @@ class SkillEnv(gym.Env):
         self._score0 = bl[BL_SCORE]
         self._next_snapshot = self._draw_snapshot_delay()
         self._msg_count = self.messages.add(self.game.message_bytes())
+        if self.task is not None:
+            self.task.begin(self)
 
     def advance(self, action: int) -> tuple[float, bool, bool]:
         """Play one action and run the skill machinery. Returns (reward, terminated, truncated)."""
@@ -143,6 +158,8 @@ class SkillEnv(gym.Env):
         if stats.branch_depth == UNKNOWN_BRANCH and dnum == 0 and 2 <= depth <= 4:
             if sees_branch_staircase(game.glyphs):
                 self._learn_branch(depth)
+        if self.task is not None:
+            self.task.observe(self, action)
         if not terminated:
             self._run_skill_machinery(depth, dnum, bl[BL_TIME])
         if self.caption_rate > 0:

@@ -1,0 +1,85 @@
+"""Rollout worker: many skill envs, batched CPU inference of a policy copy, fixed-shape
+trajectories (sample-factory's rollout + inference roles in one process).
+
+`RolloutWorker` is the plain core (tested without Ray); `RolloutActor` in
+`mmotif.actors.ray_actors` is the thin Ray shell around it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmotif.config import RunConfig
+from mmotif.contract import PolicyVersion, TrajectoryBatch
+from mmotif.learners.network import SkillPolicyNet, mask_state
+from mmotif.learners.build import make_network
+from mmotif.skills.build import make_vector_env
+
+
+class RolloutWorker:
+    def __init__(self, cfg: RunConfig, actor_id: int, seed: int, num_envs: int | None = None):
+        torch.set_num_threads(cfg.actors.threads_per_actor)
+        torch.manual_seed(seed)
+        self.actor_id = actor_id
+        self.T = cfg.learner.rollout
+        self.venv = make_vector_env(cfg, num_envs or cfg.actors.envs_per_actor, seed)
+        self.net: SkillPolicyNet = make_network(cfg).eval()
+        self.policy_version = -1
+        B = self.venv.num_envs
+        self._obs = self.venv.reset()
+        self._obs_t = {k: torch.from_numpy(v) for k, v in self._obs.items()}  # shares memory
+        self._state = self.net.initial_state(B)
+        self._buf_obs = {k: np.zeros((self.T + 1, *v.shape), v.dtype) for k, v in self._obs.items()}
+        self.env_steps = 0
+
+    def reseed(self, seed: int) -> None:
+        """New action-sampling and caption-sampling seeds (after a restart)."""
+        torch.manual_seed(seed)
+        for i, env in enumerate(self.venv.envs):
+            env.reseed(seed * 10_007 + i)
+
+    def set_weights(self, version: PolicyVersion) -> None:
+        if version.version <= self.policy_version:
+            return
+        self.net.load_state_dict({k: torch.tensor(v) for k, v in version.weights.items()})
+        self.policy_version = version.version
+
+    def collect(self) -> TrajectoryBatch:
+        T, B = self.T, self.venv.num_envs
+        actions = np.zeros((T, B), np.int64)
+        logp = np.zeros((T, B), np.float32)
+        values = np.zeros((T, B), np.float32)
+        env_rewards = np.zeros((T, B), np.float32)
+        dones = np.zeros((T, B), bool)
+        next_inputs = {k: np.zeros((T, *v.shape), v.dtype) for k, v in self.venv.reward_inputs.items()}
+        start_state = self._state.clone().numpy()
+        for t in range(T):
+            for k, v in self._obs.items():
+                self._buf_obs[k][t] = v
+            action, lp, value, state = self.net.act(self._obs_t, self._state)
+            actions[t], logp[t], values[t] = action.numpy(), lp.numpy(), value.numpy()
+            _, rewards, done = self.venv.step(actions[t])
+            env_rewards[t], dones[t] = rewards, done
+            for k, v in self.venv.reward_inputs.items():
+                next_inputs[k][t] = v
+            self._state = mask_state(state, torch.from_numpy(done))
+        for k, v in self._obs.items():
+            self._buf_obs[k][T] = v
+        self.env_steps += T * B
+        return TrajectoryBatch(
+            obs={k: v.copy() for k, v in self._buf_obs.items()},
+            actions=actions, logp=logp, values=values, env_rewards=env_rewards, dones=dones,
+            next_message=next_inputs["message"], next_diffstats=next_inputs["diffstats"],
+            next_msg_count=next_inputs["msg_count"], core_state=start_state,
+            policy_version=self.policy_version, actor_id=self.actor_id,
+        )
+
+    def pop_captions(self):
+        return self.venv.pop_captions()
+
+    def pop_finished_episodes(self) -> list[dict]:
+        return self.venv.pop_finished_episodes()
+
+    def close(self) -> None:
+        self.venv.close()

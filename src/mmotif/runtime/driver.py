@@ -1,0 +1,325 @@
+"""The driver of `mmotif run`: starts or joins Ray, places the actors, and runs the loop.
+
+    rollout actors --trajectories--> learner --weights (versioned)--> rollout actors
+    rollout actors --captions--> pair sampler --pairs--> annotators --labels--> store
+    store --> reward trainer --reward models (versioned)--> learner
+
+Nothing on the rollout path waits for the LLM: annotation and reward training are
+in-flight Ray calls the loop checks without blocking. Trajectories record the policy
+version that produced them and learner stats the reward-model version that scored them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from mmotif.annotators.sampler import PairSampler
+from mmotif.config import RunConfig
+from mmotif.rewards.store import PreferenceStore
+from mmotif.runtime.checkpoint import load_checkpoint, save_checkpoint
+from mmotif.runtime.metrics import MetricsSink
+from mmotif.runtime.progress import Progress
+from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
+
+log = logging.getLogger("mmotif")
+
+PAIRS_PER_CALL = 8  # pairs per annotator call (pointwise: a few LLM scores each)
+
+
+class TrainingStopped(RuntimeError):
+    """The learner refused to go on (NaN/Inf); a checkpoint was written."""
+
+
+@dataclass
+class RunCounters:
+    started_at: float = field(default_factory=time.time)
+    env_steps: int = 0
+    batches_dropped_for_lag: int = 0
+    labels: int = 0
+    label_seconds: float = 0.0
+    parse_failures: int = 0
+    reward_versions: list = field(default_factory=list)
+    episodes: int = 0
+    actor_restarts: int = 0
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, resume: bool = False, with_annotation: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.paths.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.resume = resume
+        self.with_annotation = with_annotation and cfg.annotator.num_annotators > 0
+        self.counters = RunCounters()
+        self.store_path = self.run_dir / "preferences.sqlite"
+        self.reward_root = self.run_dir / "rewards"
+        self.rng = np.random.default_rng(cfg.seed)
+        self._stop_requested = False
+
+    # -- setup ---------------------------------------------------------------------------
+    def _start_ray(self) -> None:
+        c = self.cfg.cluster
+        if ray.is_initialized():
+            return
+        kwargs = dict(include_dashboard=True, dashboard_host=c.dashboard_host,
+                      logging_level=logging.WARNING, log_to_driver=True)
+        if c.address:
+            ray.init(address=c.address, **kwargs)
+        else:
+            # Locally, actors are given a logical CPU each even when the machine has fewer
+            # cores: NLE stepping, the learner and the LLM then share the cores.
+            needed = self._num_actors() + 3
+            ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
+
+    def _num_actors(self) -> int:
+        n = self.cfg.actors.num_actors
+        if n == "auto":
+            cpus = int(ray.cluster_resources().get("CPU", 2)) if ray.is_initialized() else (os.cpu_count() or 2)
+            return max(1, cpus - 2)
+        return int(n)
+
+    def _place_actors(self, learner_state: dict | None) -> None:
+        cfg_data = self.cfg.model_dump(mode="json")
+        gpu = self.cfg.learner.device == "cuda" or (
+            self.cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+        self.learner = LearnerActor.options(num_cpus=1, num_gpus=1 if gpu else 0).remote(cfg_data, learner_state)
+        self.actors = [
+            RolloutActor.options(num_cpus=1).remote(cfg_data, i, self.cfg.seed * 1000 + i)
+            for i in range(self._num_actors())
+        ]
+        self.annotators, self.reward_trainer = [], None
+        if self.with_annotation:
+            self.annotators = [AnnotatorActor.options(num_cpus=1).remote(cfg_data)
+                               for _ in range(self.cfg.annotator.num_annotators)]
+            self.reward_trainer = RewardTrainerActor.options(num_cpus=0.5).remote(
+                cfg_data, str(self.store_path), str(self.reward_root))
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> dict:
+        learner_state = driver_state = None
+        if self.resume:
+            learner_state, driver_state = load_checkpoint(self.run_dir, self.cfg)
+        self._start_ray()
+        self._place_actors(learner_state)
+        self.store = PreferenceStore(self.store_path)
+        names = [s.name for s in self.cfg.skills]
+        self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed)
+        self.metrics = MetricsSink(self.run_dir)
+        if driver_state:
+            self._restore(driver_state)
+        self.progress = Progress(names)
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            self._loop()
+            status = "stopped by Ctrl-C" if self._stop_requested else "finished"
+        except TrainingStopped as err:
+            status = f"stopped: {err}"
+            raise
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self._checkpoint()
+            self.metrics.close()
+            self.store.close()
+        return self._summary(status)
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        weights = self.learner.weights.remote()
+        for actor in self.actors:  # an actor runs its calls in order: weights, then rollout
+            actor.set_weights.remote(weights)
+        pending_collect = {a.collect.remote(): a for a in self.actors}
+        pending_train: list = []
+        annotate_calls: dict = {}
+        retrain_call = None
+        last_ckpt = self.counters.env_steps
+        deadline = time.time() + cfg.time_limit_s if cfg.time_limit_s else None
+        collects = 0
+        while not self._stop_requested:
+            if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
+                break
+            ready, _ = ray.wait(list(pending_collect), num_returns=1, timeout=1.0)
+            for ref in ready:
+                actor = pending_collect.pop(ref)
+                if not self._rollout_ok(ref, actor):
+                    actor.set_weights.remote(weights)
+                    pending_collect[actor.collect.remote()] = actor
+                    continue
+                pending_train.append(self.learner.add.remote(ref))
+                collects += 1
+                if collects % len(self.actors) == 0:
+                    self._drain_rollout_side(actor)
+                actor.set_weights.remote(weights)  # applied before its next rollout
+                pending_collect[actor.collect.remote()] = actor
+            # learner results (bounded queue: at most 2 steps in flight)
+            while pending_train:
+                done, _ = ray.wait(pending_train[:1], timeout=0 if len(pending_train) <= 2 else None)
+                if not done:
+                    break
+                stats = self._learner_result(pending_train.pop(0))
+                if stats is not None:
+                    weights = self.learner.weights.remote()
+            if self.with_annotation:
+                self._pump_annotation(annotate_calls)
+                retrain_call = self._pump_reward_training(retrain_call)
+            if self.counters.env_steps - last_ckpt >= cfg.checkpoint_every_steps:
+                self._checkpoint()
+                last_ckpt = self.counters.env_steps
+            self.progress.maybe_print(self.counters, self._last_stats)
+
+    _last_stats: dict = {}
+
+    def _rollout_ok(self, ref, actor) -> bool:
+        """False when the rollout failed because its actor died (Ray restarts it); the
+        restarted actor gets a fresh seed so it does not replay the dead one's games."""
+        try:
+            ray.get(ref)  # zero-copy for the numpy arrays: only surfaces a failure
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            self.counters.actor_restarts += 1
+            log.warning("rollout actor died (%s); Ray restarts it", type(err).__name__)
+            actor.reseed.remote(int(self.rng.integers(2**31)))
+            self.metrics.record(self.counters.env_steps,
+                                {"actor_restarts_total/rollout": self.counters.actor_restarts})
+            return False
+
+    def _learner_result(self, ref) -> dict | None:
+        try:
+            stats = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if hasattr(err, "cause") else err
+            if isinstance(cause, FloatingPointError):
+                raise TrainingStopped(f"non-finite value in learning: {cause}. The learner's "
+                                      f"last good state was checkpointed; lower learner.lr or "
+                                      f"check the reward models.") from None
+            raise
+        if stats is None:
+            return None
+        self.counters.env_steps = int(stats["env_steps"])
+        values = {k: v for k, v in stats.items() if "/" in k}
+        for term in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
+            values[f"learner_loss/{term}"] = stats[term]
+        elapsed = max(time.time() - self.counters.started_at, 1e-9)
+        values.update(
+            env_steps_total=stats["env_steps"], env_steps_per_second=stats["env_steps"] / elapsed,
+            policy_version=stats["policy_version"], policy_lag=stats["policy_lag"],
+            reward_model_version=stats["reward_model_version"],
+        )
+        self.metrics.record(self.counters.env_steps, values)
+        self._last_stats = {**stats, "env_steps_per_second": values["env_steps_per_second"]}
+        return stats
+
+    def _drain_rollout_side(self, actor) -> None:
+        """Episode summaries and sampled captions of one actor (cheap, non-blocking calls)."""
+        episodes, captions = ray.get([actor.pop_finished_episodes.remote(), actor.pop_captions.remote()])
+        self.sampler.add_captions(captions)
+        if episodes:
+            self.counters.episodes += len(episodes)
+            self.metrics.record(self.counters.env_steps, {
+                "episode_length": float(np.mean([e["episode_steps"] for e in episodes])),
+                "skill_switches": float(np.mean([e["skill_switches"] for e in episodes])),
+                "episodes_total": self.counters.episodes,
+            })
+
+    # -- annotation and reward models -----------------------------------------------------
+    def _pump_annotation(self, calls: dict) -> None:
+        for ref in [r for r in calls if ray.wait([r], timeout=0)[0]]:
+            annotator, pairs = calls.pop(ref)
+            self.sampler.done(pairs)
+            try:
+                prefs, stats = ray.get(ref)
+            except ray.exceptions.RayError as err:  # the LLM failed: count it, go on
+                log.warning("annotator call failed: %s", err)
+                self.counters.actor_restarts += 1
+                continue
+            new = self.store.append(prefs)
+            self.counters.labels += new
+            self.counters.label_seconds += stats.get("seconds", 0.0)
+            self.metrics.record(self.counters.env_steps, {
+                **{f"labels_total/{s}": n for s, n in self.store.counts_by_skill().items()},
+                "labels_per_second": self.counters.labels / max(self.counters.label_seconds, 1e-9),
+                "dedup_hit_rate": self.sampler.stats.dedup_hit_rate,
+                "annotator_cache_hit_rate": stats.get("cache_hit_rate", 0.0),
+                "parse_failures_total": stats.get("parse_failures", 0),
+            })
+        busy = {a for a, _ in calls.values()}
+        for annotator in self.annotators:
+            if annotator in busy:
+                continue
+            skill = self._next_skill_to_label()
+            pairs = self.sampler.sample(skill, PAIRS_PER_CALL)
+            if pairs:
+                calls[annotator.annotate.remote(pairs)] = (annotator, pairs)
+
+    def _next_skill_to_label(self) -> str:
+        counts = self.store.counts_by_skill()
+        return min((s.name for s in self.cfg.skills), key=lambda name: counts.get(name, 0))
+
+    def _pump_reward_training(self, call):
+        if call is not None:
+            if not ray.wait([call], timeout=0)[0]:
+                return call
+            result = ray.get(call)
+            if result is not None:
+                record, payload = result
+                ray.get(self.learner.set_reward_models.remote(payload))
+                self.counters.reward_versions.append(record.version)
+                self.metrics.record(self.counters.env_steps, {
+                    "reward_model_version": record.version,
+                    **{f"reward_model_accuracy/{s}": acc for s, acc in zip(record.skills, record.val_accuracy)
+                       if acc is not None},
+                })
+        return self.reward_trainer.maybe_retrain.remote()
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        try:
+            learner_state = ray.get(self.learner.state.remote())
+        except ray.exceptions.RayError as err:
+            log.error("no checkpoint written: the learner is gone (%s)", err)
+            return
+        c = self.counters
+        c.env_steps = int(learner_state["env_steps"])
+        driver_state = {
+            "env_steps": int(learner_state["env_steps"]),
+            "store_cursor": self.store.cursor() if hasattr(self, "store") else 0,
+            "reward_model_version": int(learner_state["reward_model_version"]),
+            "labels": c.labels, "episodes": c.episodes, "reward_versions": c.reward_versions,
+            "rng": self.rng.bit_generator.state,
+        }
+        path = save_checkpoint(self.run_dir, self.cfg, learner_state, driver_state)
+        log.info("checkpoint %s", path)
+
+    def _restore(self, state: dict) -> None:
+        self.counters.env_steps = int(state["env_steps"])
+        self.counters.labels = int(state["labels"])
+        self.counters.episodes = int(state["episodes"])
+        self.counters.reward_versions = list(state["reward_versions"])
+        self.rng.bit_generator.state = state["rng"]
+        version = int(state["reward_model_version"])
+        if version >= 0:
+            ray.get(self.learner.load_reward_version.remote(str(self.reward_root), version))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _request_stop(self, *_):
+        if self._stop_requested:  # second Ctrl-C: leave now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\nmmotif: stopping after this step (checkpointing); Ctrl-C again to abort", flush=True)
+
+    def _summary(self, status: str) -> dict:
+        c = self.counters
+        elapsed = time.time() - c.started_at
+        return {
+            "status": status, "run_dir": str(self.run_dir), "env_steps": c.env_steps,
+            "wall_s": round(elapsed, 1), "env_steps_per_s": round(c.env_steps / max(elapsed, 1e-9), 1),
+            "episodes": c.episodes, "labels": c.labels, "reward_model_versions": c.reward_versions,
+        }

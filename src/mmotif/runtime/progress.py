@@ -1,0 +1,39 @@
+"""The live progress line of `mmotif run`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, skills, every_s: float = 2.0, stream=None):
+        self.skills = tuple(skills)
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self._last = 0.0
+        self._tty = self.stream.isatty()
+        if not self._tty:
+            self.every_s = max(every_s, 10.0)
+
+    def maybe_print(self, counters, stats: dict) -> None:
+        now = time.time()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        line = self.line(counters, stats)
+        if self._tty:
+            self.stream.write("\r" + line[:200].ljust(200))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def line(self, counters, stats: dict) -> str:
+        rewards = " ".join(
+            f"{name[:4]}={stats[f'skill_reward/{name}']:.3f}" for name in self.skills
+            if f"skill_reward/{name}" in stats
+        )
+        versions = counters.reward_versions[-1] if counters.reward_versions else "const"
+        return (f"steps {counters.env_steps:,}  {stats.get('env_steps_per_second', 0):,.0f}/s  "
+                f"policy v{stats.get('policy_version', 0)}  reward v{versions}  "
+                f"labels {counters.labels:,}  episodes {counters.episodes:,}  r[{rewards}]")

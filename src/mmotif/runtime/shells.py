@@ -1,0 +1,135 @@
+"""Thin Ray shells around the plain cores: they only move data.
+
+RolloutActor   -> mmotif.actors.rollout.RolloutWorker
+LearnerActor   -> mmotif.learners.learner.Learner
+AnnotatorActor -> an LLM backend + mmotif.annotators.annotate.annotate_pairs
+RewardTrainerActor -> mmotif.rewards.trainer.RewardTrainer
+
+Configs cross the boundary as plain dicts (`RunConfig.model_dump()`), rebuilt and
+re-validated on the other side.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from mmotif.config import RunConfig, build_config
+
+
+def _config(data: dict) -> RunConfig:
+    return build_config(data, "config sent by the driver")
+
+
+@ray.remote(max_restarts=3, max_task_retries=0)
+class RolloutActor:
+    def __init__(self, config: dict, actor_id: int, seed: int):
+        from mmotif.actors.rollout import RolloutWorker
+
+        self.worker = RolloutWorker(_config(config), actor_id, seed)
+
+    def set_weights(self, version) -> int:
+        self.worker.set_weights(version)
+        return self.worker.policy_version
+
+    def collect(self):
+        return self.worker.collect()
+
+    def reseed(self, seed: int) -> None:
+        self.worker.reseed(seed)
+
+    def pop_captions(self):
+        return self.worker.pop_captions()
+
+    def pop_finished_episodes(self):
+        return self.worker.pop_finished_episodes()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(max_restarts=0)
+class LearnerActor:
+    def __init__(self, config: dict, state: dict | None = None):
+        from mmotif.learners.learner import Learner
+
+        self.learner = Learner(_config(config))
+        if state is not None:
+            self.learner.load_state(state)
+
+    def add(self, batch):
+        return self.learner.add(batch)
+
+    def weights(self):
+        return self.learner.weights()
+
+    def set_reward_models(self, payload: dict) -> int:
+        from mmotif.rewards.versions import RewardModelSet
+
+        self.learner.set_reward_models(RewardModelSet.from_payload(payload, skills=self.learner.skills))
+        return self.learner.reward_version
+
+    def load_reward_version(self, root: str, version: int) -> int:
+        from mmotif.rewards.versions import load
+
+        self.learner.set_reward_models(load(root, version, skills=self.learner.skills))
+        return self.learner.reward_version
+
+    def state(self) -> dict:
+        return self.learner.state()
+
+    def counters(self) -> dict:
+        lr = self.learner
+        return {"policy_version": lr.policy_version, "env_steps": lr.env_steps,
+                "reward_model_version": lr.reward_version}
+
+
+@ray.remote(max_restarts=3, max_task_retries=0)
+class AnnotatorActor:
+    """One LLM engine; labels batches of caption pairs. Scores are cached per caption."""
+
+    def __init__(self, config: dict):
+        from mmotif.annotators.annotate import AnnotationStats
+        from mmotif.annotators.backends import make_backend
+
+        cfg = _config(config)
+        a = cfg.annotator
+        self.cfg = cfg
+        if a.backend == "embedded":
+            self.backend = make_backend("embedded", model=a.model, num_threads=a.threads,
+                                        batch_size=a.batch_size,
+                                        cache_dir=str(cfg.paths.model_cache.expanduser()))
+        elif a.backend == "openai":
+            self.backend = make_backend("openai", base_url=a.base_url, model=a.model)
+        else:
+            from mmotif.annotators.backends import make_backend as _mb  # vllm: GPU nodes only
+            self.backend = _mb("vllm", model=a.model, tensor_parallel_size=a.tensor_parallel_size)
+        self.skills = {s.name: s.preference for s in cfg.skills}
+        self.score_cache: dict = {}
+        self.stats = AnnotationStats()
+
+    def annotate(self, pairs):
+        from mmotif.annotators.annotate import annotate_pairs
+
+        a = self.cfg.annotator
+        t0 = time.perf_counter()
+        prefs = annotate_pairs(self.backend, pairs, self.skills, a.mode, score_cache=self.score_cache,
+                               margin=a.tie_margin, stats=self.stats, max_tokens=a.max_tokens,
+                               temperature=a.temperature)
+        return prefs, {**self.stats.as_dict(), "seconds": time.perf_counter() - t0}
+
+
+@ray.remote(max_restarts=3, max_task_retries=0)
+class RewardTrainerActor:
+    def __init__(self, config: dict, store_path: str, root: str):
+        from mmotif.rewards.trainer import RewardTrainer
+
+        self.trainer = RewardTrainer(_config(config), store_path, root)
+
+    def maybe_retrain(self, force: bool = False):
+        """(record, payload) of a newly published version, or None."""
+        record = self.trainer.maybe_retrain(force)
+        if record is None:
+            return None
+        return record, self.trainer.current.to_payload()
