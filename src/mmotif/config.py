@@ -60,6 +60,9 @@ class RewardConfig(_Section):
     coef: float = Field(0.1, ge=0.0, description="intrinsic reward coefficient")
     extrinsic_coef: float = Field(0.0, ge=0.0)
     bound: float = Field(10.0, gt=0.0, description="normalised rewards are clamped to ±bound")
+    models: Path | None = Field(
+        None, description="a published reward-model version folder to start from (e.g. from "
+                          "`mmotif train-rewards`); None starts from constant zero rewards")
 
 
 class NetworkConfig(_Section):

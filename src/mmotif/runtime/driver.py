@@ -27,6 +27,7 @@ from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.checkpoint import load_checkpoint, save_checkpoint
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress
+from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 
 log = logging.getLogger("mmotif")
@@ -116,6 +117,8 @@ class Driver:
         self.metrics = MetricsSink(self.run_dir)
         if driver_state:
             self._restore(driver_state)
+        elif self.cfg.reward.models is not None:
+            self._start_from_reward_models(Path(self.cfg.reward.models))
         self.progress = Progress(names)
         previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
@@ -129,7 +132,9 @@ class Driver:
             self._checkpoint()
             self.metrics.close()
             self.store.close()
-        return self._summary(status)
+        summary = self._summary(status)
+        summary["report"] = str(write_report(self.run_dir, summary))
+        return summary
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -307,6 +312,13 @@ class Driver:
         version = int(state["reward_model_version"])
         if version >= 0:
             ray.get(self.learner.load_reward_version.remote(str(self.reward_root), version))
+
+    def _start_from_reward_models(self, folder: Path) -> None:
+        from mmotif.rewards.versions import load_dir
+
+        models = load_dir(folder, skills=[s.name for s in self.cfg.skills])
+        version = ray.get(self.learner.set_reward_models.remote(models.to_payload()))
+        self.counters.reward_versions.append(version)
 
     # -- helpers -----------------------------------------------------------------------------
     def _request_stop(self, *_):

@@ -190,6 +190,7 @@ class SkillEnv(gym.Env):
             "skill": self._skill,
             "skill_switches": s.skill_switches,
             "depth": int(self.game.blstats[BL_DEPTH]),
+            "max_depth": s.max_depth,
             "branch": int(self.game.blstats[BL_DNUM]),
             "branch_depth": s.branch_depth,
             "entered_mines": s.entered_mines,

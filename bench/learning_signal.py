@@ -1,0 +1,127 @@
+"""Learning signal at small scale: does a bounded local run with a planted reward for going
+down stairs produce a policy that descends more than a random one?
+
+1. Plant the reward: a real reward model trained (Bradley-Terry, as in a run) on synthetic
+   preferences that always prefer "You descend the stairs." with a deeper level.
+2. Train: `mmotif run` on the local preset with one skill (descender, re-selected after
+   every descent), annotation off, starting from the planted reward model.
+3. Measure: mean deepest level and descents per episode of the trained policy and of a
+   uniformly random policy, same env, same number of episodes and steps.
+
+Prints JSON. Takes about `--seconds` plus a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmotif.config import load_config
+from mmotif.contract import LABEL_FIRST, Caption, CaptionPair, Preference
+from mmotif.learners.build import make_network
+from mmotif.learners.network import mask_state
+from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
+from mmotif.rewards.versions import publish
+from mmotif.runtime.checkpoint import load_checkpoint
+from mmotif.runtime.driver import Driver
+from mmotif.skills.build import make_vector_env
+
+DESCENDER_ONLY = '''
+class NetHackPlayer:
+    def set_initial_values(self):
+        self.skill = "descender"
+
+    def skill_termination(self, skill, skill_time, depth, start_depth):
+        return depth > start_depth
+
+    def perform_task(self, current_skill, dungeon_depth, branch_number):
+        return "descender"
+'''
+
+OTHER_MESSAGES = ["", "You kill the newt!", "It's a wall.", "You see here a scroll.", "The jackal bites!",
+                  "You hear some noises.", "There is a staircase down here.", "You miss the rat."]
+
+
+def planted_reward(root: Path, seed: int) -> Path:
+    down = Caption("went down", "You descend the stairs.", 1)
+    prefs = []
+    for i in range(300):
+        other = Caption(f"other {i}", OTHER_MESSAGES[i % len(OTHER_MESSAGES)], 0)
+        prefs.append(Preference(CaptionPair("descender", down, other), LABEL_FIRST, "planted", "rule", "v1", 0.0))
+    entry, report = fit_skill_reward("descender", prefs, RewardTrainConfig(lr=1e-3, batch_size=64, min_steps=100),
+                                     seed=seed, threshold_quantile=0.9)
+    return Path(publish(root, [entry]).path)
+
+
+def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float):
+    return load_config(preset_name="local", overrides={
+        "skills": [{"name": "descender", "description": "Finds a down staircase and goes down.",
+                    "preference": "Going down is progress."}],
+        "env": {"training_policy": str(policy), "max_episode_steps": 1000},
+        "annotator": {"num_annotators": 0},
+        "reward": {"models": str(reward) if reward else None},
+        "time_limit_s": seconds,
+        "paths": {"run_dir": str(run_dir)},
+    })
+
+
+def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
+    """Play `episodes` episodes; net None plays uniformly random actions."""
+    venv = make_vector_env(cfg, envs, seed)
+    rng = np.random.default_rng(seed)
+    obs = venv.reset()
+    state = net.initial_state(envs) if net is not None else None
+    finished: list[dict] = []
+    while len(finished) < episodes:
+        if net is None:
+            actions = rng.integers(venv.action_space.n, size=envs)
+        else:
+            tensors = {k: torch.from_numpy(v) for k, v in obs.items()}
+            actions, _, _, state = net.act(tensors, state)
+            actions = actions.numpy()
+        obs, _, dones = venv.step(actions)
+        if net is not None:
+            state = mask_state(state, torch.from_numpy(dones))
+        finished += venv.pop_finished_episodes()
+    venv.close()
+    finished = finished[:episodes]
+    depths = [e["max_depth"] for e in finished]
+    return {"episodes": len(finished), "mean_max_depth": float(np.mean(depths)),
+            "share_deeper_than_1": float(np.mean([d > 1 for d in depths]))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=600)
+    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mmotif-signal-"))
+    policy = work / "descender_only.py"
+    policy.write_text(DESCENDER_ONLY)
+    reward = planted_reward(work / "rewards", args.seed)
+    cfg = config(work / "run", policy, reward, args.seconds)
+    t0 = time.time()
+    summary = Driver(cfg).run()
+    learner_state, _ = load_checkpoint(work / "run", cfg)
+    net = make_network(cfg)
+    net.load_state_dict(learner_state["net"])
+    net.eval()
+    trained = rollouts(cfg, net, args.episodes, 16, args.seed + 1)
+    random_ = rollouts(cfg, None, args.episodes, 16, args.seed + 1)
+    print(json.dumps({
+        "train_seconds": round(time.time() - t0, 1), "env_steps": summary["env_steps"],
+        "trained": trained, "random": random_,
+        "trained_descends_deeper": trained["mean_max_depth"] > random_["mean_max_depth"],
+        "run_dir": str(work / "run"),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

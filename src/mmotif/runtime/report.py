@@ -1,0 +1,117 @@
+"""The run report: PNG plots from `metrics.jsonl` and a summary page (HTML + Markdown).
+
+    <run_dir>/report/skill_reward.png      per-skill intrinsic reward per step
+    <run_dir>/report/skill_usage.png       share of env steps per skill
+    <run_dir>/report/learner.png           losses, entropy, throughput
+    <run_dir>/report/annotation.png        labels per skill, dedup hit rate
+    <run_dir>/report/index.html, summary.md
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _keys(rows: list[dict], prefix: str) -> list[str]:
+    return sorted({k for r in rows for k in r if k.startswith(prefix)})
+
+
+def _plot(path: Path, rows: list[dict], keys: list[str], title: str, ylabel: str, smooth: int = 1) -> bool:
+    series = [(k, *_series(rows, k)) for k in keys]
+    series = [s for s in series if s[1]]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    for key, xs, ys in series:
+        if smooth > 1 and len(ys) > smooth:
+            ys = [sum(ys[max(0, i - smooth + 1): i + 1]) / len(ys[max(0, i - smooth + 1): i + 1])
+                  for i in range(len(ys))]
+        ax.plot(xs, ys, label=key.split("/", 1)[-1], linewidth=1.2)
+    ax.set_title(title)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: Path, summary: dict) -> Path:
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(run_dir)
+    figures = []
+    for name, keys, title, ylabel, smooth in [
+        ("skill_reward.png", _keys(rows, "skill_reward/"), "Intrinsic reward per step, by skill", "reward", 10),
+        ("skill_usage.png", _keys(rows, "skill_usage/"), "Share of env steps, by skill", "share", 10),
+        ("learner.png", ["learner_loss/loss", "learner_loss/entropy", "learner_loss/value_loss"],
+         "Learner", "value", 5),
+        ("annotation.png", _keys(rows, "labels_total/") + ["dedup_hit_rate"], "Annotation", "labels / rate", 1),
+        ("throughput.png", ["env_steps_per_second"], "Throughput", "env steps / s", 1),
+    ]:
+        if _plot(out / name, rows, keys, title, ylabel, smooth):
+            figures.append((name, title))
+    last = {}
+    for r in rows:
+        last.update(r)
+    _write_markdown(out / "summary.md", summary, last, figures)
+    _write_html(out / "index.html", summary, last, figures)
+    return out / "index.html"
+
+
+def _summary_rows(summary: dict, last: dict) -> list[tuple[str, str]]:
+    rows = [(k, str(v)) for k, v in summary.items()]
+    for key in sorted(last):
+        if key.startswith(("reward_model_accuracy/", "labels_total/")) or key in (
+                "dedup_hit_rate", "labels_per_second", "policy_version", "reward_model_version"):
+            value = last[key]
+            rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
+    return rows
+
+
+def _write_markdown(path: Path, summary: dict, last: dict, figures) -> None:
+    lines = ["# mmotif run report", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in _summary_rows(summary, last)]
+    lines.append("")
+    lines += [f"![{title}]({name})" for name, title in figures]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_html(path: Path, summary: dict, last: dict, figures) -> None:
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                      for k, v in _summary_rows(summary, last))
+    images = "\n".join(f'<figure><img src="{n}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}'
+                       f"</figcaption></figure>" for n, t in figures)
+    path.write_text(f"""<!doctype html><meta charset="utf-8"><title>mmotif run report</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}th{{text-align:left;padding-right:1em}}
+img{{max-width:100%}}</style>
+<h1>mmotif run report</h1><table>{table}</table>{images}
+""")
