@@ -54,6 +54,7 @@ class RewardConfig(_Section):
     lr: float = Field(1e-5, gt=0.0)
     batch_size: int = Field(1000, gt=0)
     epochs: int = Field(20, gt=0)
+    min_steps: int = Field(300, ge=0, description="small stores get more epochs, up to this many Adam steps")
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     retrain_every_labels: int = Field(1000, gt=0, description="retrain when this many new labels arrived")
     beta: float = Field(3.0, ge=0.0, description="message-count exponent (§4.6)")

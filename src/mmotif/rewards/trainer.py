@@ -28,7 +28,8 @@ class RewardTrainer:
         self.quantiles = {s.name: s.threshold_quantile for s in cfg.skills}
         r = cfg.reward
         self.train_config = RewardTrainConfig(
-            lr=r.lr, batch_size=r.batch_size, epochs=r.epochs, val_fraction=r.validation_fraction,
+            lr=r.lr, batch_size=r.batch_size, epochs=r.epochs, min_steps=r.min_steps,
+            val_fraction=r.validation_fraction,
         )
         number = latest_version(self.root)
         self.current = (load(self.root, number, skills=self.skills) if number is not None
