@@ -108,6 +108,18 @@ class ActorsConfig(_Section):
     num_actors: int | Literal["auto"] = "auto"
     envs_per_actor: int = Field(20, gt=0)
     threads_per_actor: int = Field(1, ge=1)
+    rollout_timeout_s: float = Field(
+        120.0, gt=0, description="a rollout taking longer is a stalled env: its actor is killed and restarted")
+
+
+class FaultsConfig(_Section):
+    """Injected faults, for soak and recovery tests only (all off by default)."""
+
+    crash_rollout_at_steps: list[int] = Field(
+        default_factory=list, description="rollout actor 0 dies (SIGSEGV) after this many of its env steps")
+    stall_rollout_at_steps: list[int] = Field(
+        default_factory=list, description="the last rollout actor hangs (sleeps) after this many of its env steps")
+    stall_seconds: float = Field(3600.0, gt=0)
 
 
 class ClusterConfig(_Section):
@@ -137,6 +149,7 @@ class RunConfig(_Section):
     actors: ActorsConfig = ActorsConfig()
     cluster: ClusterConfig = ClusterConfig()
     paths: PathsConfig = PathsConfig()
+    faults: FaultsConfig = FaultsConfig()
 
     @field_validator("skills")
     @classmethod

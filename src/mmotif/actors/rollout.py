@@ -7,6 +7,10 @@ trajectories (sample-factory's rollout + inference roles in one process).
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import torch
 
@@ -32,9 +36,15 @@ class RolloutWorker:
         self._state = self.net.initial_state(B)
         self._buf_obs = {k: np.zeros((self.T + 1, *v.shape), v.dtype) for k, v in self._obs.items()}
         self.env_steps = 0
+        last = actor_id == (cfg.actors.num_actors - 1 if isinstance(cfg.actors.num_actors, int) else 0)
+        self._crash_at = list(cfg.faults.crash_rollout_at_steps) if actor_id == 0 else []
+        self._stall_at = list(cfg.faults.stall_rollout_at_steps) if last else []
+        self._stall_seconds = cfg.faults.stall_seconds
 
     def reseed(self, seed: int) -> None:
-        """New action-sampling and caption-sampling seeds (after a restart)."""
+        """New action-sampling and caption-sampling seeds (after a restart). A restarted
+        actor is a new process: injected faults belonged to its first life."""
+        self._crash_at, self._stall_at = [], []
         torch.manual_seed(seed)
         for i, env in enumerate(self.venv.envs):
             env.reseed(seed * 10_007 + i)
@@ -67,6 +77,7 @@ class RolloutWorker:
         for k, v in self._obs.items():
             self._buf_obs[k][T] = v
         self.env_steps += T * B
+        self._inject_faults()
         return TrajectoryBatch(
             obs={k: v.copy() for k, v in self._buf_obs.items()},
             actions=actions, logp=logp, values=values, env_rewards=env_rewards, dones=dones,
@@ -74,6 +85,15 @@ class RolloutWorker:
             next_msg_count=next_inputs["msg_count"], core_state=start_state,
             policy_version=self.policy_version, actor_id=self.actor_id,
         )
+
+    def _inject_faults(self) -> None:
+        """Configured faults (soak/recovery tests): die like a NetHack segfault, or hang."""
+        done_before = self.env_steps - self.T * self.venv.num_envs
+        crossed = lambda marks: any(done_before < m <= self.env_steps for m in marks)  # noqa: E731
+        if crossed(self._crash_at):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if crossed(self._stall_at):
+            time.sleep(self._stall_seconds)
 
     def pop_captions(self):
         return self.venv.pop_captions()

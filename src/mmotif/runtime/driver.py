@@ -65,6 +65,7 @@ class Driver:
         self.reward_root = self.run_dir / "rewards"
         self.rng = np.random.default_rng(cfg.seed)
         self._stop_requested = False
+        self._collect_started: dict = {}
 
     # -- setup ---------------------------------------------------------------------------
     def _start_ray(self) -> None:
@@ -141,7 +142,9 @@ class Driver:
         weights = self.learner.weights.remote()
         for actor in self.actors:  # an actor runs its calls in order: weights, then rollout
             actor.set_weights.remote(weights)
-        pending_collect = {a.collect.remote(): a for a in self.actors}
+        pending_collect: dict = {}
+        for actor in self.actors:
+            self._start_collect(pending_collect, actor)
         pending_train: list = []
         annotate_calls: dict = {}
         retrain_call = None
@@ -152,18 +155,20 @@ class Driver:
             if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
                 break
             ready, _ = ray.wait(list(pending_collect), num_returns=1, timeout=1.0)
+            self._kill_stalled(pending_collect)
             for ref in ready:
                 actor = pending_collect.pop(ref)
+                self._collect_started.pop(ref, None)
                 if not self._rollout_ok(ref, actor):
                     actor.set_weights.remote(weights)
-                    pending_collect[actor.collect.remote()] = actor
+                    self._start_collect(pending_collect, actor)
                     continue
                 pending_train.append(self.learner.add.remote(ref))
                 collects += 1
                 if collects % len(self.actors) == 0:
                     self._drain_rollout_side(actor)
                 actor.set_weights.remote(weights)  # applied before its next rollout
-                pending_collect[actor.collect.remote()] = actor
+                self._start_collect(pending_collect, actor)
             # learner results (bounded queue: at most 2 steps in flight)
             while pending_train:
                 done, _ = ray.wait(pending_train[:1], timeout=0 if len(pending_train) <= 2 else None)
@@ -181,6 +186,21 @@ class Driver:
             self.progress.maybe_print(self.counters, self._last_stats)
 
     _last_stats: dict = {}
+
+    def _start_collect(self, pending: dict, actor) -> None:
+        ref = actor.collect.remote()
+        pending[ref] = actor
+        self._collect_started[ref] = time.time()
+
+    def _kill_stalled(self, pending: dict) -> None:
+        """A rollout past its timeout means a hung env: kill the actor so Ray restarts it
+        (its pending rollout then fails and is handled like any dead actor)."""
+        now, limit = time.time(), self.cfg.actors.rollout_timeout_s
+        for ref, started in list(self._collect_started.items()):
+            if now - started > limit and ref in pending:
+                log.warning("rollout stalled for %.0f s; restarting its actor", now - started)
+                ray.kill(pending[ref], no_restart=False)
+                self._collect_started[ref] = float("inf")  # kill once
 
     def _rollout_ok(self, ref, actor) -> bool:
         """False when the rollout failed because its actor died (Ray restarts it); the
