@@ -38,7 +38,8 @@ class AnnotatorConfig(_Section):
     backend: Literal["embedded", "vllm", "openai"] = "embedded"
     model: str = "qwen2.5-coder-1.5b"
     mode: Literal["pointwise", "pairwise"] = "pointwise"
-    num_annotators: int = Field(1, ge=0)
+    num_annotators: int | Literal["auto"] = Field(
+        1, description="annotator actors; auto: as many as the GPUs hold (vllm), else 1")
     batch_size: int = Field(8, gt=0)
     tie_margin: float = Field(0.5, ge=0.0, description="pointwise: score gap below which a pair is a tie")
     temperature: float = Field(0.1, ge=0.0)

@@ -20,11 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmotif.annotators.sampler import PairSampler
 from mmotif.config import RunConfig
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.checkpoint import load_checkpoint, save_checkpoint
+from mmotif.runtime.cluster import (
+    LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, plan_actors,
+    rollout_actor_options,
+)
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress
 from mmotif.runtime.report import write_report
@@ -59,7 +64,7 @@ class Driver:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.resume = resume
-        self.with_annotation = with_annotation and cfg.annotator.num_annotators > 0
+        self.with_annotation = with_annotation and cfg.annotator.num_annotators != 0
         self.counters = RunCounters()
         self.store_path = self.run_dir / "preferences.sqlite"
         self.reward_root = self.run_dir / "rewards"
@@ -77,33 +82,40 @@ class Driver:
         if c.address:
             ray.init(address=c.address, **kwargs)
         else:
-            # Locally, actors are given a logical CPU each even when the machine has fewer
-            # cores: NLE stepping, the learner and the LLM then share the cores.
-            needed = self._num_actors() + 3
-            ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
-
-    def _num_actors(self) -> int:
-        n = self.cfg.actors.num_actors
-        if n == "auto":
-            cpus = int(ray.cluster_resources().get("CPU", 2)) if ray.is_initialized() else (os.cpu_count() or 2)
-            return max(1, cpus - 2)
-        return int(n)
+            # Locally, every actor gets a logical CPU even when the machine has fewer cores:
+            # NLE stepping, the learner and the LLM then share the cores.
+            n = self.cfg.actors.num_actors
+            needed = (n if isinstance(n, int) else 1) * self.cfg.actors.threads_per_actor + 3
+            ray.init(num_cpus=c.num_cpus or max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
 
     def _place_actors(self, learner_state: dict | None) -> None:
-        cfg_data = self.cfg.model_dump(mode="json")
-        gpu = self.cfg.learner.device == "cuda" or (
-            self.cfg.learner.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
-        self.learner = LearnerActor.options(num_cpus=1, num_gpus=1 if gpu else 0).remote(cfg_data, learner_state)
+        cfg, cfg_data = self.cfg, self.cfg.model_dump(mode="json")
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        plan = plan_actors(cfg, ray.available_resources(), nodes=nodes)
+        self.plan = plan
+        self.learner = LearnerActor.options(
+            num_cpus=LEARNER_CPUS, num_gpus=1 if plan.learner_device == "cuda" else 0,
+        ).remote(cfg_data, learner_state)
         self.actors = [
-            RolloutActor.options(num_cpus=1).remote(cfg_data, i, self.cfg.seed * 1000 + i)
-            for i in range(self._num_actors())
+            RolloutActor.options(**rollout_actor_options(cfg)).remote(cfg_data, i, cfg.seed * 1000 + i)
+            for i in range(plan.num_rollout_actors)
         ]
         self.annotators, self.reward_trainer = [], None
-        if self.with_annotation:
-            self.annotators = [AnnotatorActor.options(num_cpus=1).remote(cfg_data)
-                               for _ in range(self.cfg.annotator.num_annotators)]
-            self.reward_trainer = RewardTrainerActor.options(num_cpus=0.5).remote(
+        if self.with_annotation and plan.num_annotators:
+            self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
+            self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(
                 cfg_data, str(self.store_path), str(self.reward_root))
+        self.with_annotation = bool(self.annotators)
+
+    def _new_annotator(self, cfg_data: dict):
+        a = self.cfg.annotator
+        if a.backend == "vllm":
+            # all tensor-parallel ranks on one node (STRICT_PACK), vLLM's workers inside
+            pg = ray.util.placement_group(**annotator_placement_group(a.tensor_parallel_size))
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+            gpus = 1 if a.tensor_parallel_size == 1 else 0
+            return AnnotatorActor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy).remote(cfg_data)
+        return AnnotatorActor.options(num_cpus=annotator_cpus(self.cfg)).remote(cfg_data)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -184,6 +196,7 @@ class Driver:
                 self._checkpoint()
                 last_ckpt = self.counters.env_steps
             self.progress.maybe_print(self.counters, self._last_stats)
+            self.metrics.refresh()
 
     _last_stats: dict = {}
 

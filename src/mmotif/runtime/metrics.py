@@ -68,6 +68,8 @@ class MetricsSink:
                 self._tb = None
         self._ray = _ray_metrics() if use_ray else {}
         self._totals: dict[tuple, float] = {}
+        self._gauges: dict[str, tuple] = {}  # key -> (metric, value, tags)
+        self._last_refresh = 0.0
 
     def record(self, step: int, values: dict) -> None:
         import time
@@ -94,6 +96,18 @@ class MetricsSink:
                 metric.inc(value - last, tags=tags)
                 self._totals[(key,)] = value
         else:
+            metric.set(value, tags=tags)
+            self._gauges[key] = (metric, value, tags)
+
+    def refresh(self, every_s: float = 5.0) -> None:
+        """Re-set every gauge: Ray stops exporting a gauge that is not set for a while."""
+        import time
+
+        now = time.time()
+        if now - self._last_refresh < every_s:
+            return
+        self._last_refresh = now
+        for metric, value, tags in self._gauges.values():
             metric.set(value, tags=tags)
 
     def close(self) -> None:
