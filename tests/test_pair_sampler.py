@@ -41,3 +41,14 @@ def test_least_certain_pairs_are_preferred():
     pairs = sampler.sample("descender", 3, scorer=lambda skill, cs: [score[c.text] for c in cs])
     gaps = sorted(abs(score[p.first.text] - score[p.second.text]) for p in pairs)
     assert gaps[-1] <= 3  # 30 random candidates: the 3 smallest gaps are small
+
+
+def test_pointwise_sampling_brings_few_new_captions():
+    sampler = PairSampler(["descender"], lambda *a: False, seed=0)
+    pool = captions(50)
+    sampler.add_captions(pool)
+    scored = {c.text for c in pool[:10]}
+    pairs = sampler.sample("descender", 20, scored=scored, max_new=3)
+    assert len(pairs) == 20
+    texts = {c.text for p in pairs for c in (p.first, p.second)}
+    assert len(texts - scored) <= 3  # at most 3 captions need an LLM score

@@ -40,7 +40,10 @@ class AnnotatorConfig(_Section):
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     num_annotators: int | Literal["auto"] = Field(
         1, description="annotator actors; auto: as many as the GPUs hold (vllm), else 1")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="prompts per LLM forward batch")
+    pairs_per_call: int = Field(
+        64, gt=0, description="caption pairs per annotator call (pointwise: pairs of already "
+                              "scored captions cost no LLM call)")
     tie_margin: float = Field(0.5, ge=0.0, description="pointwise: score gap below which a pair is a tie")
     temperature: float = Field(0.1, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -132,7 +135,9 @@ class ClusterConfig(_Section):
 
 class PathsConfig(_Section):
     run_dir: Path = Path("runs/latest")
-    model_cache: Path = Path("~/.cache/mmotif/models")
+    model_cache: Path | None = Field(
+        None, description="cache of the embedded LLM (converted models under models/); "
+                          "None: $MMOTIF_CACHE or ~/.cache/mmotif")
 
 
 class RunConfig(_Section):
@@ -169,7 +174,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "checkpoint_every_steps": 200_000,
         "env": {"max_episode_steps": 2000, "caption_rate": 0.02},
         "annotator": {"model": "qwen2.5-coder-0.5b", "batch_size": 4, "threads": 1},
-        "reward": {"batch_size": 128, "epochs": 5, "lr": 3e-4, "retrain_every_labels": 100},
+        "reward": {"batch_size": 64, "epochs": 3, "min_steps": 60, "lr": 3e-4, "retrain_every_labels": 200},
         "learner": {
             "total_env_steps": 2_000_000, "rollout": 32, "batch_size": 512, "lr": 3e-4,
             "device": "cpu",
@@ -181,7 +186,8 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "cluster": {
         "name": "cluster",
         "annotator": {"backend": "vllm", "model": "meta-llama/Llama-3.1-70B-Instruct",
-                      "mode": "pairwise", "num_annotators": 1, "batch_size": 2000,
+                      "mode": "pairwise", "num_annotators": "auto", "batch_size": 2000,
+                      "pairs_per_call": 2000,
                       "tensor_parallel_size": 4},
         "learner": {"device": "cuda"},
         "actors": {"num_actors": "auto", "envs_per_actor": 20},

@@ -68,17 +68,24 @@ class PairSampler:
                 self._pool.append(caption)
             self._texts.add(caption.text)
 
-    def sample(self, skill: str, n: int, scorer: Scorer | None = None) -> list[CaptionPair]:
-        """Up to n new pairs for `skill`, marked pending until `done(...)` is called."""
+    def sample(self, skill: str, n: int, scorer: Scorer | None = None,
+               scored: set[str] | None = None, max_new: int | None = None) -> list[CaptionPair]:
+        """Up to n new pairs for `skill`, marked pending until `done(...)` is called.
+
+        Pointwise annotation scores each caption once, so a pair of already scored captions
+        costs no LLM call. With `scored` (texts the annotator has scored for this skill) and
+        `max_new`, every pair has at most one caption outside `scored` and the pairs bring
+        at most `max_new` new captions in all.
+        """
         if len(self._pool) < 2 or n <= 0:
             return []
+        draw = self._draw_any if scored is None or max_new is None else self._pointwise_drawer(scored, max_new)
         fresh: dict[str, CaptionPair] = {}
         tries = n * self.candidates_per_pair
         for _ in range(tries * 3):
             if len(fresh) >= tries:
                 break
-            i, j = self._rng.choice(len(self._pool), size=2, replace=False)
-            a, b = self._pool[int(i)], self._pool[int(j)]
+            a, b = draw()
             key = pair_key(skill, a.text, b.text)
             self.stats.candidates += 1
             if key in fresh or key in self._pending or self._is_labelled(skill, a.text, b.text):
@@ -91,6 +98,24 @@ class PairSampler:
         chosen = chosen[:n]
         self._pending.update(k for k, _ in chosen)
         return [pair for _, pair in chosen]
+
+    def _draw_any(self) -> tuple[Caption, Caption]:
+        i, j = self._rng.choice(len(self._pool), size=2, replace=False)
+        return self._pool[int(i)], self._pool[int(j)]
+
+    def _pointwise_drawer(self, scored: set[str], max_new: int):
+        known = [c for c in self._pool if c.text in scored]
+        unknown = [c for c in self._pool if c.text not in scored]
+        picks = self._rng.permutation(len(unknown))[:max_new] if unknown else []
+        new = [unknown[int(i)] for i in picks]
+        both = known + new
+
+        def draw() -> tuple[Caption, Caption]:
+            if len(both) < 2:
+                return self._draw_any()
+            i, j = self._rng.choice(len(both), size=2, replace=False)
+            return both[int(i)], both[int(j)]
+        return draw
 
     def done(self, pairs: Sequence[CaptionPair]) -> None:
         """The annotator has answered (or given up on) these pairs."""

@@ -22,6 +22,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from mmotif.annotators.offline import append_captions
 from mmotif.annotators.sampler import PairSampler
 from mmotif.config import RunConfig
 from mmotif.rewards.store import PreferenceStore
@@ -36,8 +37,6 @@ from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 
 log = logging.getLogger("mmotif")
-
-PAIRS_PER_CALL = 8  # pairs per annotator call (pointwise: a few LLM scores each)
 
 
 class TrainingStopped(RuntimeError):
@@ -127,6 +126,7 @@ class Driver:
         self.store = PreferenceStore(self.store_path)
         names = [s.name for s in self.cfg.skills]
         self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed)
+        self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir)
         if driver_state:
             self._restore(driver_state)
@@ -259,6 +259,7 @@ class Driver:
         """Episode summaries and sampled captions of one actor (cheap, non-blocking calls)."""
         episodes, captions = ray.get([actor.pop_finished_episodes.remote(), actor.pop_captions.remote()])
         self.sampler.add_captions(captions)
+        append_captions(self.run_dir / "captions.jsonl", captions)
         if episodes:
             self.counters.episodes += len(episodes)
             self.metrics.record(self.counters.env_steps, {
@@ -293,7 +294,13 @@ class Driver:
             if annotator in busy:
                 continue
             skill = self._next_skill_to_label()
-            pairs = self.sampler.sample(skill, PAIRS_PER_CALL)
+            a = self.cfg.annotator
+            if a.mode == "pointwise":  # few new captions to score, many pairs among scored ones
+                pairs = self.sampler.sample(skill, a.pairs_per_call, scored=self._scored[skill],
+                                            max_new=max(2, a.batch_size))
+                self._scored[skill].update(c.text for p in pairs for c in (p.first, p.second))
+            else:
+                pairs = self.sampler.sample(skill, a.pairs_per_call)
             if pairs:
                 calls[annotator.annotate.remote(pairs)] = (annotator, pairs)
 
