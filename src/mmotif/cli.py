@@ -10,8 +10,6 @@ from pathlib import Path
 from mmotif.config import PRESETS, ConfigError, RunConfig, load_config, with_overrides
 
 NOT_BUILT_YET = {
-    "annotate": "annotation of caption pairs (issue: AI feedback)",
-    "train-rewards": "reward-model training (issue: AI feedback)",
     "plan": "code generation for a task (issue: code generation and tasks)",
     "eval": "zero-shot evaluation (issue: code generation and tasks)",
     "replay": "episode replays (issue: code generation and tasks)",
@@ -57,6 +55,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_annotate(args) -> int:
+    from mmotif.annotators.offline import CaptionsFileError, annotate_file
+
+    cfg = _config(args, default_preset="local")
+    try:
+        result = annotate_file(cfg, args.captions, args.store, args.pairs_per_skill)
+    except CaptionsFileError as err:
+        print(f"mmotif: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_train_rewards(args) -> int:
+    from mmotif.annotators.offline import train_rewards
+
+    cfg = _config(args, default_preset="local")
+    try:
+        result = train_rewards(cfg, args.store, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mmotif: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_not_built(args) -> int:
     print(f"`mmotif {args.command}` is not built yet: {NOT_BUILT_YET[args.command]}.",
           file=sys.stderr)
@@ -73,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-limit", type=float, default=None, help="seconds (overrides time_limit_s)")
     run.add_argument("--run-dir", type=Path, default=None, help="run folder (overrides paths.run_dir)")
     run.set_defaults(func=cmd_run)
+
+    annotate = sub.add_parser("annotate", help="label caption pairs from a captions file into a preference store")
+    _add_config_args(annotate)
+    annotate.add_argument("--captions", type=Path, required=True, help="JSON lines: text, message, depth_change")
+    annotate.add_argument("--store", type=Path, required=True, help="preference store (SQLite; created if missing)")
+    annotate.add_argument("--pairs-per-skill", type=int, default=32)
+    annotate.set_defaults(func=cmd_annotate)
+
+    train = sub.add_parser("train-rewards", help="train per-skill reward models from a store; publish a version")
+    _add_config_args(train)
+    train.add_argument("--store", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True, help="folder of reward-model versions")
+    train.set_defaults(func=cmd_train_rewards)
 
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)

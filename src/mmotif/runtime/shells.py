@@ -91,20 +91,11 @@ class AnnotatorActor:
 
     def __init__(self, config: dict):
         from mmotif.annotators.annotate import AnnotationStats
-        from mmotif.annotators.backends import make_backend
+        from mmotif.annotators.offline import make_backend_from_config
 
         cfg = _config(config)
-        a = cfg.annotator
         self.cfg = cfg
-        if a.backend == "embedded":
-            self.backend = make_backend("embedded", model=a.model, num_threads=a.threads,
-                                        batch_size=a.batch_size,
-                                        cache_dir=str(cfg.paths.model_cache.expanduser()))
-        elif a.backend == "openai":
-            self.backend = make_backend("openai", base_url=a.base_url, model=a.model)
-        else:
-            from mmotif.annotators.backends import make_backend as _mb  # vllm: GPU nodes only
-            self.backend = _mb("vllm", model=a.model, tensor_parallel_size=a.tensor_parallel_size)
+        self.backend = make_backend_from_config(cfg)
         self.skills = {s.name: s.preference for s in cfg.skills}
         self.score_cache: dict = {}
         self.stats = AnnotationStats()

@@ -1,0 +1,127 @@
+"""Offline annotation and reward training: `mmotif annotate` and `mmotif train-rewards`.
+
+Captions files are JSON lines, one caption per line: {"text", "message", "depth_change"}.
+`mmotif run` writes the captions it samples to `<run_dir>/captions.jsonl` in this format.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmotif.config import RunConfig
+from mmotif.contract import Caption
+
+
+class CaptionsFileError(ValueError):
+    pass
+
+
+def read_captions(path: Path) -> list[Caption]:
+    captions = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise CaptionsFileError(f"captions file not found: {path}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions.append(Caption(text=str(row["text"]), message=str(row["message"]),
+                                    depth_change=int(row["depth_change"])))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CaptionsFileError(
+                f"{path}:{number}: not a caption ({type(err).__name__}: {err}); expected a JSON "
+                'object with "text", "message" and "depth_change"') from None
+    return captions
+
+
+def append_captions(path: Path, captions: list[Caption]) -> None:
+    with open(path, "a") as f:
+        for c in captions:
+            f.write(json.dumps({"text": c.text, "message": c.message, "depth_change": c.depth_change}) + "\n")
+
+
+def make_backend_from_config(cfg: RunConfig):
+    from mmotif.annotators.backends import make_backend
+
+    a = cfg.annotator
+    if a.backend == "embedded":
+        return make_backend("embedded", model=a.model, num_threads=a.threads, batch_size=a.batch_size,
+                            cache_dir=cfg.paths.model_cache)
+    if a.backend == "openai":
+        if not a.base_url:
+            raise ValueError("annotator.backend is 'openai' but annotator.base_url is not set")
+        return make_backend("openai", base_url=a.base_url, model=a.model)
+    return make_backend("vllm", model=a.model, tensor_parallel_size=a.tensor_parallel_size, top_k=a.top_k)
+
+
+def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_per_skill: int,
+                  batch: int = 8, stream=sys.stderr) -> dict:
+    """Label up to `pairs_per_skill` new pairs per skill from a captions file into the store."""
+    from mmotif.annotators.annotate import AnnotationStats, annotate_pairs
+    from mmotif.annotators.sampler import PairSampler
+    from mmotif.rewards.store import PreferenceStore
+
+    captions = read_captions(captions_path)
+    if len(captions) < 2:
+        raise CaptionsFileError(f"{captions_path}: needs at least two captions, found {len(captions)}")
+    backend = make_backend_from_config(cfg)
+    modifiers = {s.name: s.preference for s in cfg.skills}
+    stats, cache = AnnotationStats(), {}
+    new_labels, t0 = 0, time.perf_counter()
+    with PreferenceStore(store_path) as store:
+        sampler = PairSampler(list(modifiers), store.has_pair, seed=cfg.seed)
+        sampler.add_captions(captions)
+        total = pairs_per_skill * len(modifiers)
+        for skill in modifiers:
+            todo = pairs_per_skill
+            while todo > 0:
+                pairs = sampler.sample(skill, min(batch, todo))
+                if not pairs:
+                    break  # every pair of these captions is labelled for this skill
+                prefs = annotate_pairs(backend, pairs, modifiers, cfg.annotator.mode, score_cache=cache,
+                                       margin=cfg.annotator.tie_margin, stats=stats,
+                                       max_tokens=cfg.annotator.max_tokens, temperature=cfg.annotator.temperature)
+                sampler.done(pairs)
+                new_labels += store.append(prefs)
+                todo -= len(pairs)
+                _progress(stream, new_labels, total, time.perf_counter() - t0)
+        counts = store.counts_by_skill()
+    backend.close()
+    stream.write("\n")
+    elapsed = time.perf_counter() - t0
+    return {"new_labels": new_labels, "labels_per_s": round(new_labels / max(elapsed, 1e-9), 3),
+            "labels_in_store": counts, "dedup_hit_rate": round(sampler.stats.dedup_hit_rate, 4),
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in stats.as_dict().items()}}
+
+
+def _progress(stream, done: int, total: int, elapsed: float) -> None:
+    width = 30
+    filled = int(width * min(done / max(total, 1), 1.0))
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} labels  "
+                 f"{done / max(elapsed, 1e-9):.2f} labels/s")
+    stream.flush()
+
+
+def train_rewards(cfg: RunConfig, store_path: Path, root: Path) -> dict:
+    """Train every skill's reward model from the store and publish one version."""
+    from mmotif.rewards.store import PreferenceStore
+    from mmotif.rewards.trainer import RewardTrainer
+
+    if not Path(store_path).is_file():
+        raise FileNotFoundError(f"preference store not found: {store_path} (run `mmotif annotate` first)")
+    with PreferenceStore(store_path) as store:
+        if store.count() == 0:
+            raise ValueError(f"preference store {store_path} is empty: nothing to train on")
+    trainer = RewardTrainer(cfg, store_path, root)
+    record = trainer.maybe_retrain(force=True)
+    trainer.close()
+    if record is None:
+        return {"published": None, "note": "no skill had enough new labels to retrain"}
+    return {"published": record.version, "path": record.path,
+            "validation_accuracy": dict(zip(record.skills, record.val_accuracy)),
+            "labels": dict(zip(record.skills, record.n_labels))}
