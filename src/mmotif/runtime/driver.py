@@ -46,6 +46,7 @@ class TrainingStopped(RuntimeError):
 @dataclass
 class RunCounters:
     started_at: float = field(default_factory=time.time)
+    steps_at_start: int = 0  # env steps already done when this process started (resume)
     env_steps: int = 0
     batches_dropped_for_lag: int = 0
     labels: int = 0
@@ -246,8 +247,9 @@ class Driver:
         for term in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             values[f"learner_loss/{term}"] = stats[term]
         elapsed = max(time.time() - self.counters.started_at, 1e-9)
+        rate = (stats["env_steps"] - self.counters.steps_at_start) / elapsed
         values.update(
-            env_steps_total=stats["env_steps"], env_steps_per_second=stats["env_steps"] / elapsed,
+            env_steps_total=stats["env_steps"], env_steps_per_second=rate,
             policy_version=stats["policy_version"], policy_lag=stats["policy_lag"],
             reward_model_version=stats["reward_model_version"],
         )
@@ -344,7 +346,7 @@ class Driver:
         log.info("checkpoint %s", path)
 
     def _restore(self, state: dict) -> None:
-        self.counters.env_steps = int(state["env_steps"])
+        self.counters.env_steps = self.counters.steps_at_start = int(state["env_steps"])
         self.counters.labels = int(state["labels"])
         self.counters.episodes = int(state["episodes"])
         self.counters.reward_versions = list(state["reward_versions"])
@@ -372,6 +374,7 @@ class Driver:
         elapsed = time.time() - c.started_at
         return {
             "status": status, "run_dir": str(self.run_dir), "env_steps": c.env_steps,
-            "wall_s": round(elapsed, 1), "env_steps_per_s": round(c.env_steps / max(elapsed, 1e-9), 1),
+            "wall_s": round(elapsed, 1),
+            "env_steps_per_s": round((c.env_steps - c.steps_at_start) / max(elapsed, 1e-9), 1),
             "episodes": c.episodes, "labels": c.labels, "reward_model_versions": c.reward_versions,
         }

@@ -10,7 +10,7 @@ class Progress:
     def __init__(self, skills, every_s: float = 2.0, stream=None):
         self.skills = tuple(skills)
         self.every_s = every_s
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr  # like a progress bar: stdout stays for results
         self._last = 0.0
         self._tty = self.stream.isatty()
         if not self._tty:
