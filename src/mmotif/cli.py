@@ -9,13 +9,6 @@ from pathlib import Path
 
 from mmotif.config import PRESETS, ConfigError, RunConfig, load_config, with_overrides
 
-NOT_BUILT_YET = {
-    "plan": "code generation for a task (issue: code generation and tasks)",
-    "eval": "zero-shot evaluation (issue: code generation and tasks)",
-    "replay": "episode replays (issue: code generation and tasks)",
-}
-
-
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="run config YAML (merged over the preset)")
     p.add_argument("--preset", choices=PRESETS, default=None,
@@ -81,12 +74,6 @@ def cmd_train_rewards(args) -> int:
     return 0
 
 
-def cmd_not_built(args) -> int:
-    print(f"`mmotif {args.command}` is not built yet: {NOT_BUILT_YET[args.command]}.",
-          file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmotif", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,19 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="folder of reward-model versions")
     train.set_defaults(func=cmd_train_rewards)
 
+    from mmotif.codegen.generate import add_plan_arguments, cmd_plan
+    from mmotif.runtime.evaluate import add_eval_arguments, cmd_eval
+    from mmotif.runtime.replay import add_replay_arguments, cmd_replay
+
+    for name, add_arguments, func, what in (
+        ("plan", add_plan_arguments, cmd_plan, "write a policy over skills for a task instruction"),
+        ("eval", add_eval_arguments, cmd_eval, "zero-shot evaluation of a task on a trained checkpoint"),
+        ("replay", add_replay_arguments, cmd_replay, "render a recorded episode as a GIF and an HTML player"),
+    ):
+        p = sub.add_parser(name, help=what)
+        add_arguments(p)
+        p.set_defaults(func=func)
+
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
 
-    for name, what in NOT_BUILT_YET.items():
-        p = sub.add_parser(name, help=f"{what} — not built yet")
-        p.set_defaults(func=cmd_not_built)
-
-    from mmotif.runtime.submit import add_job_subcommands  # submit, status, logs, stop
-
-    add_job_subcommands(sub, _add_config_args)
     return parser
 
 

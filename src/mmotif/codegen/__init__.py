@@ -1,0 +1,22 @@
+"""LLM code generation of policies over skills, with unit-test refinement (spec §6, §12).
+
+- :mod:`mmotif.codegen.prompts`: the prompts (skills, shown code, task, unit-test scaffold,
+  chain-of-thought questions; check and rewrite prompts).
+- :mod:`mmotif.codegen.runner`: the LLM's unit test in a sandboxed, resource-limited subprocess.
+- :mod:`mmotif.codegen.generate`: the refinement loop (`plan`), the combination into a
+  deployable policy, generation records, and the `mmotif plan` command.
+- :mod:`mmotif.codegen.simulate`: the scripted depth/branch world for checking policies.
+"""
+
+from mmotif.codegen.generate import (
+    PlanResult, add_plan_arguments, cmd_plan, combine_generated, extract_code, is_yes, plan, write_policy,
+)
+from mmotif.codegen.prompts import PlanSpec
+from mmotif.codegen.runner import RunLimits, TestRun, run_unit_test
+from mmotif.codegen.simulate import format_trace, simulate
+
+__all__ = [
+    "PlanResult", "PlanSpec", "RunLimits", "TestRun", "add_plan_arguments", "cmd_plan",
+    "combine_generated", "extract_code", "format_trace", "is_yes", "plan", "run_unit_test",
+    "simulate", "write_policy",
+]
