@@ -116,6 +116,16 @@ class ActorsConfig(_Section):
         120.0, gt=0, description="a rollout taking longer is a stalled env: its actor is killed and restarted")
 
 
+class EvalConfig(_Section):
+    """Zero-shot evaluation at the end of `mmotif run` (the task's reference policy over the
+    trained skills), with a replay of the first episode."""
+
+    tasks: list[str] = Field(default_factory=list, description="task names (see mmotif eval --help)")
+    episodes: int = Field(8, ge=1)
+    max_steps: int = Field(10_000, gt=0, description="env steps per evaluation episode")
+    replays: int = Field(1, ge=0, description="episodes recorded (the first rendered as GIF + HTML)")
+
+
 class FaultsConfig(_Section):
     """Injected faults, for soak and recovery tests only (all off by default)."""
 
@@ -155,6 +165,7 @@ class RunConfig(_Section):
     actors: ActorsConfig = ActorsConfig()
     cluster: ClusterConfig = ClusterConfig()
     paths: PathsConfig = PathsConfig()
+    evaluation: EvalConfig = EvalConfig()
     faults: FaultsConfig = FaultsConfig()
 
     @field_validator("skills")
@@ -181,6 +192,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
             "network": {"size": "local"},
         },
         "actors": {"num_actors": 1, "envs_per_actor": 16},
+        "evaluation": {"tasks": ["gnomish"], "episodes": 4, "max_steps": 1000},
         "paths": {"run_dir": "runs/local"},
     },
     "cluster": {

@@ -138,17 +138,47 @@ class Driver:
         try:
             self._loop()
             status = "stopped by Ctrl-C" if self._stop_requested else "finished"
-        except TrainingStopped as err:
-            status = f"stopped: {err}"
+        except BaseException:
+            self.metrics.close()
             raise
         finally:
             signal.signal(signal.SIGINT, previous)
             self._checkpoint()
-            self.metrics.close()
             self.store.close()
+            self._release_actors()
         summary = self._summary(status)
+        try:
+            if self.cfg.evaluation.tasks and not self._stop_requested:
+                summary["evaluation"] = self._evaluate()
+        finally:
+            self.metrics.close()
         summary["report"] = str(write_report(self.run_dir, summary))
         return summary
+
+    def _release_actors(self) -> None:
+        """Free the cores and memory (the LLM) before evaluation; the learner stays for
+        inspection until Ray shuts down."""
+        for actor in [*self.actors, *self.annotators, *([self.reward_trainer] if self.reward_trainer else [])]:
+            ray.kill(actor)
+
+    def _evaluate(self) -> dict:
+        """The trained network, frozen, under each task's reference policy over skills."""
+        from mmotif.runtime.evaluate import evaluate, load_network
+
+        cfg, net, _ = load_network(self.run_dir)
+        e, out = self.cfg.evaluation, {}
+        for task in e.tasks:
+            folder = self.run_dir / "eval" / task
+            results = evaluate(cfg, net, task, episodes=e.episodes, seed=self.cfg.seed,
+                               max_steps=e.max_steps, record=e.replays, out_dir=folder, log=lambda line: None)
+            results.write(folder)
+            summary = results.summary()
+            out[task] = {"proxy": summary["proxy"]["mean"], "exact": summary["exact"]["mean"],
+                         "paper": summary["paper"]["mean"], "episodes": summary["episodes"],
+                         "files": dict(results.files)}
+            self.metrics.record(self.counters.env_steps, {
+                f"task_success/{task}:{check}": summary[check]["mean"] for check in ("proxy", "exact")})
+        return out
 
     def _loop(self) -> None:
         cfg = self.cfg

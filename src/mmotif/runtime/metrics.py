@@ -46,8 +46,9 @@ METRIC_NAMES = tuple(m.name for m in METRICS)
 class MetricsSink:
     """Writes each record to `metrics.jsonl`, TensorBoard, and Ray's metrics (dashboard).
 
-    A record is a flat dict; keys `<base>/<tag value>` (e.g. `skill_reward/descender`)
-    map to the metric `mmotif_<base>` with its tag set to the tag value.
+    A record is a flat dict; keys `<base>/<tag values, ":"-separated>` (e.g.
+    `skill_reward/descender`, `task_success/gnomish:exact`) map to the metric
+    `mmotif_<base>` with its tags set to those values.
     """
 
     def __init__(self, run_dir, use_ray: bool = True, use_tensorboard: bool = True):
@@ -89,7 +90,10 @@ class MetricsSink:
         if spec is None or spec.name not in self._ray:
             return
         metric = self._ray[spec.name]
-        tags = {spec.tags[0]: tag_value} if spec.tags and tag_value else None
+        values = tag_value.split(":") if tag_value else []
+        if len(values) != len(spec.tags):
+            return  # a record without its tag values cannot be exported
+        tags = dict(zip(spec.tags, values)) or None
         if spec.kind == COUNTER:  # records carry running totals; Ray counters take increments
             last = self._totals.get((key,), 0.0)
             if value > last:

@@ -83,12 +83,33 @@ def write_report(run_dir: Path, summary: dict) -> Path:
     for r in rows:
         last.update(r)
     _write_markdown(out / "summary.md", summary, last, figures)
-    _write_html(out / "index.html", summary, last, figures)
+    _write_html(out / "index.html", summary, last, figures, _evaluation_html(summary, out))
     return out / "index.html"
 
 
+def _relative(path: str, report_dir: Path) -> str:
+    import os
+
+    return os.path.relpath(path, report_dir)
+
+
+def _evaluation_html(summary: dict, report_dir: Path) -> str:
+    parts = []
+    for task, r in summary.get("evaluation", {}).items():
+        files = r.get("files", {})
+        parts.append(f"<h2>Evaluation: {html.escape(task)}</h2><p>{r['episodes']} episodes; success "
+                     f"(proxy) {r['proxy']:.2f}, (exact) {r['exact']:.2f}; paper {r['paper']}</p>")
+        if "chart" in files:
+            parts.append(f'<img src="{_relative(files["chart"], report_dir)}" alt="{html.escape(task)} results">')
+        if "replay_gif" in files:
+            parts.append(f'<p>Replay of the first episode (<a href="{_relative(files["replay_html"], report_dir)}">'
+                         f'step-by-step player</a>):</p><img src="{_relative(files["replay_gif"], report_dir)}" '
+                         f'alt="replay">')
+    return "\n".join(parts)
+
+
 def _summary_rows(summary: dict, last: dict) -> list[tuple[str, str]]:
-    rows = [(k, str(v)) for k, v in summary.items()]
+    rows = [(k, str(v)) for k, v in summary.items() if k != "evaluation"]
     for key in sorted(last):
         if key.startswith(("reward_model_accuracy/", "labels_total/")) or key in (
                 "dedup_hit_rate", "labels_per_second", "policy_version", "reward_model_version"):
@@ -105,7 +126,7 @@ def _write_markdown(path: Path, summary: dict, last: dict, figures) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_html(path: Path, summary: dict, last: dict, figures) -> None:
+def _write_html(path: Path, summary: dict, last: dict, figures, evaluation: str = "") -> None:
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                       for k, v in _summary_rows(summary, last))
     images = "\n".join(f'<figure><img src="{n}" alt="{html.escape(t)}"><figcaption>{html.escape(t)}'
@@ -114,4 +135,5 @@ def _write_html(path: Path, summary: dict, last: dict, figures) -> None:
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}th{{text-align:left;padding-right:1em}}
 img{{max-width:100%}}</style>
 <h1>mmotif run report</h1><table>{table}</table>{images}
+{evaluation}
 """)
