@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p)
         p.set_defaults(func=func)
 
+    from mmotif.runtime.submit import add_job_subcommands
+
+    add_job_subcommands(sub, _add_config_args)
+
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
