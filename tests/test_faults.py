@@ -1,11 +1,18 @@
-"""Injected faults on real Ray: an env process that segfaults, an env that hangs."""
+"""Injected faults on real Ray: an env process that segfaults, an env that hangs, a NaN
+reward, an annotator actor killed mid-run."""
+
+import sqlite3
+import threading
+import time
 
 import pytest
 import ray
+import torch
 
 from test_runtime import local_cfg, read_metrics
 
-from mmotif.runtime.driver import Driver
+from mmotif.runtime.checkpoint import load_checkpoint
+from mmotif.runtime.driver import Driver, TrainingStopped
 
 pytestmark = pytest.mark.slow
 
@@ -30,3 +37,44 @@ def test_segfaulting_and_hanging_rollout_actors_are_restarted(tmp_path, ray_loca
                 if "actor_restarts_total/rollout" in r]
     assert restarts and restarts[-1] == driver.counters.actor_restarts
     assert summary["env_steps"] > 4096, "training went on around the faults"
+
+
+def test_nan_reward_stops_learning_with_a_good_checkpoint_and_names_the_tensor(tmp_path, ray_local):
+    cfg = local_cfg(tmp_path, time_limit_s=120, faults={"nan_reward_at_update": 3})
+    with pytest.raises(TrainingStopped, match=r"batch\['rewards'\] contains NaN/Inf"):
+        Driver(cfg).run()
+    learner_state, _ = load_checkpoint(tmp_path / "run", cfg)
+    assert learner_state["updates"] == 3, "the checkpoint is the state before the poisoned batch"
+    assert all(torch.isfinite(v).all() for v in learner_state["net"].values())
+
+
+def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, ray_local):
+    cfg = local_cfg(tmp_path, time_limit_s=90, annotator={"num_annotators": 1, "backend": "embedded",
+                                                          "model": "smollm2-135m", "pairs_per_call": 8})
+    driver = Driver(cfg)
+    seen = {}
+
+    def kill_annotator_after_some_labels():
+        while driver.counters.labels < 16:
+            time.sleep(0.5)
+        seen["keys"], _ = store_keys(tmp_path / "run" / "preferences.sqlite")
+        ray.kill(driver.annotators[0], no_restart=False)
+        seen["labels_at_kill"] = driver.counters.labels
+
+    threading.Thread(target=kill_annotator_after_some_labels, daemon=True).start()
+    driver.run()
+    assert driver.counters.annotator_restarts == 1, "one kill, one restart"
+    after = store_keys(tmp_path / "run" / "preferences.sqlite")
+    assert seen["keys"] <= after[0], "a label committed before the kill was lost"
+    assert after[1] == len(after[0]), "a label was stored twice"
+    assert driver.counters.labels > seen["labels_at_kill"], "labelling went on after the restart"
+    rows = [r["actor_restarts_total/annotator"] for r in read_metrics(tmp_path / "run")
+            if "actor_restarts_total/annotator" in r]
+    assert rows and rows[-1] == driver.counters.annotator_restarts
+
+
+def store_keys(path):
+    """(set of (skill, pair key), number of rows) of a preference store."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT skill, pair_key FROM preferences").fetchall()
+    return set(rows), len(rows)

@@ -134,6 +134,8 @@ class FaultsConfig(_Section):
     stall_rollout_at_steps: list[int] = Field(
         default_factory=list, description="the last rollout actor hangs (sleeps) after this many of its env steps")
     stall_seconds: float = Field(3600.0, gt=0)
+    nan_reward_at_update: int | None = Field(
+        None, ge=0, description="the learner's batch at this update gets a NaN reward")
 
 
 class ClusterConfig(_Section):

@@ -95,6 +95,8 @@ class Learner:
                 beta=self.cfg.reward.beta, coef=self.cfg.reward.coef, bound=self.cfg.reward.bound,
             )
         rewards = intrinsic + self.cfg.reward.extrinsic_coef * t["env_rewards"]
+        if self.updates == self.cfg.faults.nan_reward_at_update:
+            rewards[0, 0] = float("nan")  # injected fault: learner_step must refuse this batch
         step_batch = {
             "obs": obs, "actions": t["actions"], "logp": t["logp"], "values": t["values"],
             "rewards": rewards, "dones": t["dones"], "core_state": t["core_state"],

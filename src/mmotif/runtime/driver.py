@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmotif.annotators.offline import append_captions
@@ -54,7 +55,9 @@ class RunCounters:
     parse_failures: int = 0
     reward_versions: list = field(default_factory=list)
     episodes: int = 0
-    actor_restarts: int = 0
+    actor_restarts: int = 0  # rollout actors
+    annotator_restarts: int = 0
+    annotation_failures: int = 0  # calls that raised (the LLM/server failed), actor alive
 
 
 class Driver:
@@ -101,6 +104,7 @@ class Driver:
             for i in range(plan.num_rollout_actors)
         ]
         self.annotators, self.reward_trainer = [], None
+        self._restarting: dict = {}  # actor -> `ready` ping sent after it died
         if self.with_annotation and plan.num_annotators:
             self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
             self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(
@@ -197,14 +201,16 @@ class Driver:
         while not self._stop_requested:
             if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
                 break
+            for actor in self._restarted(self.actors):  # a fresh seed: no replay of the dead one's games
+                actor.reseed.remote(int(self.rng.integers(2**31)))
+                actor.set_weights.remote(weights)
+                self._start_collect(pending_collect, actor)
             ready, _ = ray.wait(list(pending_collect), num_returns=1, timeout=1.0)
             self._kill_stalled(pending_collect)
             for ref in ready:
                 actor = pending_collect.pop(ref)
                 self._collect_started.pop(ref, None)
                 if not self._rollout_ok(ref, actor):
-                    actor.set_weights.remote(weights)
-                    self._start_collect(pending_collect, actor)
                     continue
                 pending_train.append(self.learner.add.remote(ref))
                 collects += 1
@@ -247,18 +253,34 @@ class Driver:
                 self._collect_started[ref] = float("inf")  # kill once
 
     def _rollout_ok(self, ref, actor) -> bool:
-        """False when the rollout failed because its actor died (Ray restarts it); the
-        restarted actor gets a fresh seed so it does not replay the dead one's games."""
+        """False when the rollout failed because its actor died (Ray restarts it; it gets
+        work again once it answers, see `_restarted`)."""
         try:
             ray.get(ref)  # zero-copy for the numpy arrays: only surfaces a failure
             return True
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             self.counters.actor_restarts += 1
             log.warning("rollout actor died (%s); Ray restarts it", type(err).__name__)
-            actor.reseed.remote(int(self.rng.integers(2**31)))
+            self._restarting[actor] = actor.ready.remote()
             self.metrics.record(self.counters.env_steps,
                                 {"actor_restarts_total/rollout": self.counters.actor_restarts})
             return False
+
+    def _restarted(self, among: list) -> list:
+        """Actors of `among` that answer again after a restart. Until then they get no work:
+        calls sent to a restarting actor fail, and each failure would look like a new death."""
+        back = []
+        for actor in [a for a in among if a in self._restarting]:
+            ping = self._restarting[actor]
+            if not ray.wait([ping], timeout=0)[0]:
+                continue
+            try:
+                ray.get(ping)
+                del self._restarting[actor]
+                back.append(actor)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                self._restarting[actor] = actor.ready.remote()
+        return back
 
     def _learner_result(self, ref) -> dict | None:
         try:
@@ -307,9 +329,16 @@ class Driver:
             self.sampler.done(pairs)
             try:
                 prefs, stats = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                log.warning("annotator actor died (%s); Ray restarts it", type(err).__name__)
+                self.counters.annotator_restarts += 1
+                self.metrics.record(self.counters.env_steps,
+                                    {"actor_restarts_total/annotator": self.counters.annotator_restarts})
+                self._restarting[annotator] = annotator.ready.remote()  # no work until it answers
+                continue
             except ray.exceptions.RayError as err:  # the LLM failed: count it, go on
                 log.warning("annotator call failed: %s", err)
-                self.counters.actor_restarts += 1
+                self.counters.annotation_failures += 1
                 continue
             new = self.store.append(prefs)
             self.counters.labels += new
@@ -321,7 +350,8 @@ class Driver:
                 "annotator_cache_hit_rate": stats.get("cache_hit_rate", 0.0),
                 "parse_failures_total": stats.get("parse_failures", 0),
             })
-        busy = {a for a, _ in calls.values()}
+        self._restarted(self.annotators)
+        busy = {a for a, _ in calls.values()} | set(self._restarting)
         for annotator in self.annotators:
             if annotator in busy:
                 continue
@@ -362,6 +392,10 @@ class Driver:
             learner_state = ray.get(self.learner.state.remote())
         except ray.exceptions.RayError as err:
             log.error("no checkpoint written: the learner is gone (%s)", err)
+            return
+        bad = next((k for k, v in learner_state["net"].items() if not torch.isfinite(v).all()), None)
+        if bad is not None:  # keep the last good checkpoint rather than a poisoned one
+            log.error("no checkpoint written: parameter %s contains NaN/Inf", bad)
             return
         c = self.counters
         c.env_steps = int(learner_state["env_steps"])

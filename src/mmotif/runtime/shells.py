@@ -36,6 +36,10 @@ class RolloutActor:
     def collect(self):
         return self.worker.collect()
 
+    def ready(self) -> bool:
+        """Answers once the envs are built (after a restart too)."""
+        return True
+
     def reseed(self, seed: int) -> None:
         self.worker.reseed(seed)
 
@@ -99,6 +103,10 @@ class AnnotatorActor:
         self.skills = {s.name: s.preference for s in cfg.skills}
         self.score_cache: dict = {}
         self.stats = AnnotationStats()
+
+    def ready(self) -> bool:
+        """Answers once the engine is loaded (after a restart too)."""
+        return True
 
     def annotate(self, pairs):
         from mmotif.annotators.annotate import annotate_pairs
