@@ -48,8 +48,9 @@ def write_crop(tty_chars, tty_colors, x: int, y: int, out_chars, out_colors) -> 
     out_colors[r0 - top : r1 - top, c0 - left : c1 - left] = tty_colors[r0:r1, c0:c1]
 
 
-def window_around_hero(tty_chars, tty_colors, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 7x7 (clipped at the screen edge) window of the initiation functions, hero blanked.
+def window_slices(x: int, y: int) -> tuple[slice, slice]:
+    """(rows, cols) of the tty window of the initiation functions: 7x7 around the hero,
+    clipped at the screen edge.
 
     Fixes two quirks of the reference (§5.2): it sliced tty rows with the *map* row (so the
     window sat one row too high) and its negative slice starts made the window silently
@@ -57,10 +58,16 @@ def window_around_hero(tty_chars, tty_colors, x: int, y: int) -> tuple[np.ndarra
     and clipped, never emptied.
     """
     row = y + 1
-    r0, c0 = max(row - WINDOW_RADIUS, 0), max(x - WINDOW_RADIUS, 0)
-    chars = tty_chars[r0 : row + WINDOW_RADIUS + 1, c0 : x + WINDOW_RADIUS + 1]
-    colors = tty_colors[r0 : row + WINDOW_RADIUS + 1, c0 : x + WINDOW_RADIUS + 1].copy()
-    colors[row - r0, x - c0] = -1 if colors.dtype.kind == "i" else 255  # never matches
+    return (slice(max(row - WINDOW_RADIUS, 0), row + WINDOW_RADIUS + 1),
+            slice(max(x - WINDOW_RADIUS, 0), x + WINDOW_RADIUS + 1))
+
+
+def window_around_hero(tty_chars, tty_colors, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window of `window_slices`, hero's cell blanked in the colours (never matches)."""
+    rows, cols = window_slices(x, y)
+    chars = tty_chars[rows, cols]
+    colors = tty_colors[rows, cols].copy()
+    colors[y + 1 - rows.start, x - cols.start] = -1 if colors.dtype.kind == "i" else 255
     return chars, colors
 
 

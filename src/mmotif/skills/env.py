@@ -30,7 +30,7 @@ from mmotif.nethack import actions as A
 from mmotif.nethack.captions import game_state, make_caption
 from mmotif.nethack.features import (
     BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, InventoryCounts, MessageCounter,
-    sees_branch_staircase, window_around_hero, write_blstats, write_crop,
+    sees_branch_staircase, window_around_hero, window_slices, write_blstats, write_crop,
 )
 from mmotif.nethack.game import NetHackGame
 from mmotif.skills.code_policy import CodePolicy, CodePolicyError, SurroundingsView
@@ -234,13 +234,15 @@ class SkillEnv(gym.Env):
         if not self._precondition_skills:
             return {}
         game, bl = self.game, self._bl
-        chars, colors = window_around_hero(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y])
+        rows, cols = window_slices(bl[BL_X], bl[BL_Y])
         new_items = self.inventory.new_items
-        key = (chars.tobytes(), colors.tobytes(), new_items)
+        # the raw window (hero's cell included) as the key: no copy on a cache hit
+        key = (game.tty_chars[rows, cols].tobytes(), game.tty_colors[rows, cols].tobytes(), new_items)
         cached = self._precondition_cache.get(key)
         if cached is not None:
             return cached
-        view = SurroundingsView(chars, colors, new_items)
+        view = SurroundingsView(*window_around_hero(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y]),
+                                new_items)
         answers = {
             self._precondition_kw[name]: bool(self._call(self.policy.initiation, False, name, view))
             for name in self._precondition_skills
