@@ -65,6 +65,7 @@ def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float):
                     "preference": "Going down is progress."}],
         "env": {"training_policy": str(policy), "max_episode_steps": 1000},
         "annotator": {"num_annotators": 0},
+        "evaluation": {"tasks": []},  # measured here instead
         "reward": {"models": str(reward) if reward else None},
         "time_limit_s": seconds,
         "paths": {"run_dir": str(run_dir)},
