@@ -48,25 +48,49 @@ OTHER_MESSAGES = ["", "You kill the newt!", "It's a wall.", "You see here a scro
                   "You hear some noises.", "There is a staircase down here.", "You miss the rat."]
 
 
-def planted_reward(root: Path, seed: int) -> Path:
-    down = Caption("went down", "You descend the stairs.", 1)
+DESCENDER_STAYS = '''
+class NetHackPlayer:
+    def set_initial_values(self):
+        self.skill = "descender"
+
+    def skill_termination(self, skill, skill_time, depth, start_depth):
+        return False
+
+    def perform_task(self, current_skill, dungeon_depth, branch_number):
+        return "descender"
+'''
+
+
+def planted_preferences(kind: str) -> list[Preference]:
+    """`descent`: the step that shows "You descend the stairs." beats any other step.
+    `deeper`: any step below the skill's starting level beats any step on it."""
     prefs = []
     for i in range(300):
-        other = Caption(f"other {i}", OTHER_MESSAGES[i % len(OTHER_MESSAGES)], 0)
-        prefs.append(Preference(CaptionPair("descender", down, other), LABEL_FIRST, "planted", "rule", "v1", 0.0))
+        message = OTHER_MESSAGES[i % len(OTHER_MESSAGES)]
+        if kind == "descent":
+            better = Caption("went down", "You descend the stairs.", 1)
+        else:
+            better = Caption(f"deeper {i}", OTHER_MESSAGES[(i * 3 + 1) % len(OTHER_MESSAGES)], 1)
+        worse = Caption(f"other {i}", message, 0)
+        prefs.append(Preference(CaptionPair("descender", better, worse), LABEL_FIRST, "planted", "rule", "v1", 0.0))
+    return prefs
+
+
+def planted_reward(root: Path, seed: int, kind: str) -> Path:
+    prefs = planted_preferences(kind)
     entry, report = fit_skill_reward("descender", prefs, RewardTrainConfig(lr=1e-3, batch_size=64, min_steps=100),
-                                     seed=seed, threshold_quantile=0.9)
+                                     seed=seed, threshold_quantile=0.9 if kind == "descent" else 0.5)
     return Path(publish(root, [entry]).path)
 
 
-def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float):
+def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, beta: float):
     return load_config(preset_name="local", overrides={
         "skills": [{"name": "descender", "description": "Finds a down staircase and goes down.",
                     "preference": "Going down is progress."}],
         "env": {"training_policy": str(policy), "max_episode_steps": 1000},
         "annotator": {"num_annotators": 0},
         "evaluation": {"tasks": []},  # measured here instead
-        "reward": {"models": str(reward) if reward else None},
+        "reward": {"models": str(reward) if reward else None, "beta": beta},
         "time_limit_s": seconds,
         "paths": {"run_dir": str(run_dir)},
     })
@@ -102,12 +126,16 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=600)
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward", choices=("deeper", "descent"), default="deeper",
+                   help="deeper: every step below the starting level is rewarded (one skill for "
+                        "the whole episode, beta 0: no message-count decay); descent: only the "
+                        "step that descends (the skill restarts after each descent; beta 3)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmotif-signal-"))
     policy = work / "descender_only.py"
-    policy.write_text(DESCENDER_ONLY)
-    reward = planted_reward(work / "rewards", args.seed)
-    cfg = config(work / "run", policy, reward, args.seconds)
+    policy.write_text(DESCENDER_STAYS if args.reward == "deeper" else DESCENDER_ONLY)
+    reward = planted_reward(work / "rewards", args.seed, args.reward)
+    cfg = config(work / "run", policy, reward, args.seconds, beta=0.0 if args.reward == "deeper" else 3.0)
     t0 = time.time()
     summary = Driver(cfg).run()
     learner_state, _ = load_checkpoint(work / "run", cfg)
@@ -117,6 +145,7 @@ def main() -> None:
     trained = rollouts(cfg, net, args.episodes, 16, args.seed + 1)
     random_ = rollouts(cfg, None, args.episodes, 16, args.seed + 1)
     print(json.dumps({
+        "reward": args.reward,
         "train_seconds": round(time.time() - t0, 1), "env_steps": summary["env_steps"],
         "trained": trained, "random": random_,
         "trained_descends_deeper": trained["mean_max_depth"] > random_["mean_max_depth"],
