@@ -49,7 +49,11 @@ def _write(path: Path, data: bytes) -> None:
 def save_checkpoint(run_dir: Path, cfg: RunConfig, learner_state: dict, driver_state: dict) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # a writer that died mid-write (one driver per run)
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"step_{int(learner_state['env_steps']):012d}"
+    if (root / name).exists():  # same step again (Ctrl-C right after a periodic one): never
+        name += f"-{uuid.uuid4().hex[:6]}"  # delete the checkpoint LATEST points to
     tmp = root / f".tmp-{uuid.uuid4().hex[:10]}"
     tmp.mkdir()
     try:
@@ -61,8 +65,6 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, learner_state: dict, driver_s
         _write(tmp / "config.yaml", cfg.to_yaml().encode())
         _fsync(tmp)
         target = root / name
-        if target.exists():
-            shutil.rmtree(target)
         os.rename(tmp, target)
         _write(root / ".LATEST.tmp", name.encode())
         os.replace(root / ".LATEST.tmp", root / "LATEST")
