@@ -95,7 +95,7 @@ def test_killed_rollout_actor_is_restarted_and_training_goes_on(tmp_path, ray_lo
             time.sleep(0.2)
         seen["steps_at_kill"] = driver.counters.env_steps
         ray.kill(driver.actors[0], no_restart=False)
-        while driver.counters.actor_restarts < 1 or driver.actors[0] in driver._restarting:
+        while driver.counters.actor_restarts < 1 or driver.actors[0] in driver._awaiting:
             time.sleep(0.2)
         # mid-run, both actor slots answer again (the driver releases them when the run ends)
         seen["node_ids"] = ray.get([a.node_id.remote() for a in driver.actors], timeout=60)

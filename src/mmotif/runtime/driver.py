@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,8 @@ from mmotif.config import RunConfig
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.checkpoint import load_checkpoint, save_checkpoint
 from mmotif.runtime.cluster import (
-    LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, plan_actors,
-    rollout_actor_options,
+    LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, new_rollout_actors,
+    plan_actors, rollout_actor_options,
 )
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress
@@ -38,6 +39,8 @@ from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 
 log = logging.getLogger("mmotif")
+
+GROWTH_CHECK_S = 10.0  # how often a run with `actors.num_actors: auto` looks for new CPUs
 
 
 class TrainingStopped(RuntimeError):
@@ -99,17 +102,42 @@ class Driver:
         self.learner = LearnerActor.options(
             num_cpus=LEARNER_CPUS, num_gpus=1 if plan.learner_device == "cuda" else 0,
         ).remote(cfg_data, learner_state)
-        self.actors = [
-            RolloutActor.options(**rollout_actor_options(cfg)).remote(cfg_data, i, cfg.seed * 1000 + i)
-            for i in range(plan.num_rollout_actors)
-        ]
+        # actor -> its `ready` ping: an actor gets no work until it answers (new or restarted)
+        self._awaiting: dict = {}
+        self._died: set = set()  # rollout actors restarting: reseeded when they answer
+        self._surplus_seen = 0
+        self._next_growth_check = time.time() + GROWTH_CHECK_S
+        self.actors = []
+        self._add_rollout_actors(plan.num_rollout_actors)
         self.annotators, self.reward_trainer = [], None
-        self._restarting: dict = {}  # actor -> `ready` ping sent after it died
         if self.with_annotation and plan.num_annotators:
             self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
             self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(
                 cfg_data, str(self.store_path), str(self.reward_root))
         self.with_annotation = bool(self.annotators)
+
+    def _add_rollout_actors(self, n: int) -> None:
+        cfg_data = self.cfg.model_dump(mode="json")
+        for _ in range(n):
+            i = len(self.actors)
+            actor = RolloutActor.options(**rollout_actor_options(self.cfg)).remote(cfg_data, i, self.cfg.seed * 1000 + i)
+            self.actors.append(actor)
+            self._awaiting[actor] = actor.ready.remote()
+
+    def _grow_with_the_cluster(self) -> None:
+        """With `actors.num_actors: auto`, CPUs the autoscaler added become rollout actors.
+
+        Checked every GROWTH_CHECK_S while no actor is starting; the surplus must be seen
+        twice in a row, because the cluster's resource view lags placements by a moment."""
+        if self.cfg.actors.num_actors != "auto" or self._awaiting or time.time() < self._next_growth_check:
+            return
+        self._next_growth_check = time.time() + GROWTH_CHECK_S
+        n = new_rollout_actors(self.cfg, ray.available_resources(), len(self.actors))
+        self._surplus_seen = self._surplus_seen + 1 if n else 0
+        if self._surplus_seen >= 2:
+            log.warning("the cluster grew: %d more rollout actor(s) (%d in all)", n, len(self.actors) + n)
+            self._add_rollout_actors(n)
+            self._surplus_seen = 0
 
     def _new_annotator(self, cfg_data: dict):
         a = self.cfg.annotator
@@ -138,7 +166,10 @@ class Driver:
         elif self.cfg.reward.models is not None:
             self._start_from_reward_models(Path(self.cfg.reward.models))
         self.progress = Progress(names)
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        # Ctrl-C stops the run cleanly; Python lets only the main thread set signal handlers,
+        # so a run started from another thread (a notebook, a test) goes without one
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         try:
             self._loop()
             status = "stopped by Ctrl-C" if self._stop_requested else "finished"
@@ -146,7 +177,8 @@ class Driver:
             self.metrics.close()
             raise
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
             self._checkpoint()
             self.store.close()
             self._release_actors()
@@ -187,11 +219,7 @@ class Driver:
     def _loop(self) -> None:
         cfg = self.cfg
         weights = self.learner.weights.remote()
-        for actor in self.actors:  # an actor runs its calls in order: weights, then rollout
-            actor.set_weights.remote(weights)
         pending_collect: dict = {}
-        for actor in self.actors:
-            self._start_collect(pending_collect, actor)
         pending_train: list = []
         annotate_calls: dict = {}
         retrain_call = None
@@ -201,10 +229,13 @@ class Driver:
         while not self._stop_requested:
             if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
                 break
-            for actor in self._restarted(self.actors):  # a fresh seed: no replay of the dead one's games
-                actor.reseed.remote(int(self.rng.integers(2**31)))
+            for actor in self._answering(self.actors):  # an actor runs its calls in order
+                if actor in self._died:  # a fresh seed: no replay of the dead one's games
+                    self._died.discard(actor)
+                    actor.reseed.remote(int(self.rng.integers(2**31)))
                 actor.set_weights.remote(weights)
                 self._start_collect(pending_collect, actor)
+            self._grow_with_the_cluster()
             ready, _ = ray.wait(list(pending_collect), num_returns=1, timeout=1.0)
             self._kill_stalled(pending_collect)
             for ref in ready:
@@ -254,32 +285,34 @@ class Driver:
 
     def _rollout_ok(self, ref, actor) -> bool:
         """False when the rollout failed because its actor died (Ray restarts it; it gets
-        work again once it answers, see `_restarted`)."""
+        work again once it answers, see `_answering`)."""
         try:
             ray.get(ref)  # zero-copy for the numpy arrays: only surfaces a failure
             return True
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             self.counters.actor_restarts += 1
             log.warning("rollout actor died (%s); Ray restarts it", type(err).__name__)
-            self._restarting[actor] = actor.ready.remote()
+            self._awaiting[actor] = actor.ready.remote()
+            self._died.add(actor)
             self.metrics.record(self.counters.env_steps,
                                 {"actor_restarts_total/rollout": self.counters.actor_restarts})
             return False
 
-    def _restarted(self, among: list) -> list:
-        """Actors of `among` that answer again after a restart. Until then they get no work:
-        calls sent to a restarting actor fail, and each failure would look like a new death."""
+    def _answering(self, among: list) -> list:
+        """Actors of `among` that have just answered their `ready` ping (new or restarted).
+        Until then they get no work: a call to a restarting actor fails, and each failure
+        would look like a new death; a rollout waiting for placement would look stalled."""
         back = []
-        for actor in [a for a in among if a in self._restarting]:
-            ping = self._restarting[actor]
+        for actor in [a for a in among if a in self._awaiting]:
+            ping = self._awaiting[actor]
             if not ray.wait([ping], timeout=0)[0]:
                 continue
             try:
                 ray.get(ping)
-                del self._restarting[actor]
+                del self._awaiting[actor]
                 back.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                self._restarting[actor] = actor.ready.remote()
+                self._awaiting[actor] = actor.ready.remote()
         return back
 
     def _learner_result(self, ref) -> dict | None:
@@ -334,7 +367,7 @@ class Driver:
                 self.counters.annotator_restarts += 1
                 self.metrics.record(self.counters.env_steps,
                                     {"actor_restarts_total/annotator": self.counters.annotator_restarts})
-                self._restarting[annotator] = annotator.ready.remote()  # no work until it answers
+                self._awaiting[annotator] = annotator.ready.remote()  # no work until it answers
                 continue
             except ray.exceptions.RayError as err:  # the LLM failed: count it, go on
                 log.warning("annotator call failed: %s", err)
@@ -350,8 +383,8 @@ class Driver:
                 "annotator_cache_hit_rate": stats.get("cache_hit_rate", 0.0),
                 "parse_failures_total": stats.get("parse_failures", 0),
             })
-        self._restarted(self.annotators)
-        busy = {a for a, _ in calls.values()} | set(self._restarting)
+        self._answering(self.annotators)
+        busy = {a for a, _ in calls.values()} | set(self._awaiting)
         for annotator in self.annotators:
             if annotator in busy:
                 continue

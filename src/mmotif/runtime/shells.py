@@ -40,6 +40,9 @@ class RolloutActor:
         """Answers once the envs are built (after a restart too)."""
         return True
 
+    def env_steps(self) -> int:
+        return self.worker.env_steps
+
     def reseed(self, seed: int) -> None:
         self.worker.reseed(seed)
 
