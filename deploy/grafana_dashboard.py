@@ -23,7 +23,8 @@ LAYOUT = [
                              "mmotif_skill_switches"]),
     ("Learner", ["mmotif_learner_loss"]),
     ("Annotation", ["mmotif_labels_per_second", "mmotif_labels_total",
-                    "mmotif_parse_failures_total", "mmotif_dedup_hit_rate"]),
+                    "mmotif_parse_failures_total", "mmotif_annotation_failures_total",
+                    "mmotif_dedup_hit_rate"]),
     ("Reward models", ["mmotif_reward_model_version", "mmotif_reward_model_accuracy"]),
     ("Evaluation and health", ["mmotif_task_success", "mmotif_actor_restarts_total"]),
 ]
@@ -31,7 +32,8 @@ UNITS = {"mmotif_env_steps_per_second": "ops", "mmotif_env_steps_total": "ops",
          "mmotif_labels_per_second": "ops", "mmotif_labels_total": "ops",
          "mmotif_skill_usage": "percentunit", "mmotif_dedup_hit_rate": "percentunit",
          "mmotif_reward_model_accuracy": "percentunit", "mmotif_task_success": "percentunit"}
-INCREASE_OF = {"mmotif_actor_restarts_total", "mmotif_parse_failures_total"}
+INCREASE_OF = {"mmotif_actor_restarts_total", "mmotif_parse_failures_total",
+               "mmotif_annotation_failures_total"}
 MAX_OF = {"mmotif_policy_version", "mmotif_reward_model_version"}  # versions: newest
 SELECTOR = '{SessionName=~"$SessionName"}'
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -1,6 +1,7 @@
 """Injected faults on real Ray: an env process that segfaults, an env that hangs, a NaN
 reward, an annotator actor killed mid-run."""
 
+import socket
 import sqlite3
 import threading
 import time
@@ -78,3 +79,18 @@ def store_keys(path):
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT skill, pair_key FROM preferences").fetchall()
     return set(rows), len(rows)
+
+
+def test_dead_llm_server_is_counted_and_never_blocks_learning(tmp_path, ray_local):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = local_cfg(tmp_path, time_limit_s=30, annotator={
+        "num_annotators": 1, "backend": "openai", "model": "any", "base_url": f"http://127.0.0.1:{port}/v1"})
+    driver = Driver(cfg)
+    summary = driver.run()
+    assert driver.counters.annotation_failures >= 1 and driver.counters.labels == 0
+    assert driver.counters.annotator_restarts == 0, "a failing server is not a dead actor"
+    assert summary["env_steps"] > 4096, "learning went on while every LLM call failed"
+    rows = [r["annotation_failures_total"] for r in read_metrics(tmp_path / "run") if "annotation_failures_total" in r]
+    assert rows and rows[-1] == driver.counters.annotation_failures

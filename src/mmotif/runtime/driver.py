@@ -370,8 +370,10 @@ class Driver:
                 self._awaiting[annotator] = annotator.ready.remote()  # no work until it answers
                 continue
             except ray.exceptions.RayError as err:  # the LLM failed: count it, go on
-                log.warning("annotator call failed: %s", err)
+                log.warning("annotator call failed: %s", str(err).strip().splitlines()[-1][:300])
                 self.counters.annotation_failures += 1
+                self.metrics.record(self.counters.env_steps,
+                                    {"annotation_failures_total": self.counters.annotation_failures})
                 continue
             new = self.store.append(prefs)
             self.counters.labels += new

@@ -34,6 +34,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mmotif_labels_total", COUNTER, "preference labels committed to the store", ("skill",)),
     MetricSpec("mmotif_labels_per_second", GAUGE, "preference labels per second"),
     MetricSpec("mmotif_parse_failures_total", COUNTER, "annotator answers that did not parse"),
+    MetricSpec("mmotif_annotation_failures_total", COUNTER,
+               "annotator calls that failed (LLM/server error after retries); their pairs are re-sampled later"),
     MetricSpec("mmotif_dedup_hit_rate", GAUGE, "share of sampled pairs/captions served without an LLM call"),
     MetricSpec("mmotif_reward_model_version", GAUGE, "reward-model version used by the learner"),
     MetricSpec("mmotif_reward_model_accuracy", GAUGE, "held-out accuracy of the reward model", ("skill",)),
