@@ -50,7 +50,7 @@ def test_nan_reward_stops_learning_with_a_good_checkpoint_and_names_the_tensor(t
 
 
 def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, ray_local):
-    cfg = local_cfg(tmp_path, time_limit_s=90, annotator={"num_annotators": 1, "backend": "embedded",
+    cfg = local_cfg(tmp_path, time_limit_s=60, annotator={"num_annotators": 1, "backend": "embedded",
                                                           "model": "smollm2-135m", "pairs_per_call": 8})
     driver = Driver(cfg)
     seen = {}
@@ -85,7 +85,7 @@ def test_dead_llm_server_is_counted_and_never_blocks_learning(tmp_path, ray_loca
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = local_cfg(tmp_path, time_limit_s=30, annotator={
+    cfg = local_cfg(tmp_path, time_limit_s=20, annotator={
         "num_annotators": 1, "backend": "openai", "model": "any", "base_url": f"http://127.0.0.1:{port}/v1"})
     driver = Driver(cfg)
     summary = driver.run()
