@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, RewardModelVersion
+from mmotif.durable import fsync_dir, write_durably
 from mmotif.rewards.model import RewardModel
 from mmotif.rewards.stats import RewardStats
 from mmotif.rewards.transform import DEFAULT_BETA, DEFAULT_BOUND, DEFAULT_COEF, intrinsic_reward
@@ -218,21 +219,6 @@ class RewardModelSet:
 
 
 # ---------------------------------------------------------------------- publishing
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def list_versions(root: str | os.PathLike) -> list[int]:
     root = Path(root)
     if not root.is_dir():
@@ -276,12 +262,12 @@ def publish(root: str | os.PathLike, entries: Sequence[SkillReward] | RewardMode
             torch.save({k: v.detach().cpu().contiguous() for k, v in e.state_dict.items()}, buf)
             data = buf.getvalue()
             m["sha256"] = hashlib.sha256(data).hexdigest()
-            _write_file(tmp / m["file"], data)
+            write_durably(tmp / m["file"], data)
         number = version if version is not None else (latest_version(root) or 0) + 1
         for _attempt in range(1000):
             manifest["version"] = int(number)
-            _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-            _fsync_dir(tmp)
+            write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            fsync_dir(tmp)
             target = root / version_dirname(number)
             if not target.exists():
                 try:
@@ -295,7 +281,7 @@ def publish(root: str | os.PathLike, entries: Sequence[SkillReward] | RewardMode
             number = max(number, latest_version(root) or 0) + 1
         else:  # pragma: no cover
             raise RewardVersionError(f"could not find a free version number under {root}")
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

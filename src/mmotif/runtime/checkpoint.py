@@ -23,27 +23,13 @@ import torch
 import yaml
 
 from mmotif.config import ConfigError, RunConfig, build_config
+from mmotif.durable import fsync_dir, write_durably
 
 KEEP = 3
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says why and what to do."""
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(run_dir: Path, cfg: RunConfig, learner_state: dict, driver_state: dict) -> Path:
@@ -61,14 +47,14 @@ def save_checkpoint(run_dir: Path, cfg: RunConfig, learner_state: dict, driver_s
             torch.save(learner_state, f)
             f.flush()
             os.fsync(f.fileno())
-        _write(tmp / "driver.json", json.dumps(driver_state, indent=1).encode())
-        _write(tmp / "config.yaml", cfg.to_yaml().encode())
-        _fsync(tmp)
+        write_durably(tmp / "driver.json", json.dumps(driver_state, indent=1).encode())
+        write_durably(tmp / "config.yaml", cfg.to_yaml().encode())
+        fsync_dir(tmp)
         target = root / name
         os.rename(tmp, target)
-        _write(root / ".LATEST.tmp", name.encode())
+        write_durably(root / ".LATEST.tmp", name.encode())
         os.replace(root / ".LATEST.tmp", root / "LATEST")
-        _fsync(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
