@@ -291,12 +291,15 @@ class Driver:
             return True
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             self.counters.actor_restarts += 1
-            log.warning("rollout actor died (%s); Ray restarts it", type(err).__name__)
-            self._awaiting[actor] = actor.ready.remote()
+            self._await_restart(actor, "rollout", self.counters.actor_restarts, err)
             self._died.add(actor)
-            self.metrics.record(self.counters.env_steps,
-                                {"actor_restarts_total/rollout": self.counters.actor_restarts})
             return False
+
+    def _await_restart(self, actor, role: str, restarts: int, err: Exception) -> None:
+        """A dead actor (Ray restarts it) gets work again once it answers `ready`."""
+        log.warning("%s actor died (%s); Ray restarts it", role, type(err).__name__)
+        self._awaiting[actor] = actor.ready.remote()
+        self.metrics.record(self.counters.env_steps, {f"actor_restarts_total/{role}": restarts})
 
     def _answering(self, among: list) -> list:
         """Actors of `among` that have just answered their `ready` ping (new or restarted).
@@ -363,11 +366,8 @@ class Driver:
             try:
                 prefs, stats = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-                log.warning("annotator actor died (%s); Ray restarts it", type(err).__name__)
                 self.counters.annotator_restarts += 1
-                self.metrics.record(self.counters.env_steps,
-                                    {"actor_restarts_total/annotator": self.counters.annotator_restarts})
-                self._awaiting[annotator] = annotator.ready.remote()  # no work until it answers
+                self._await_restart(annotator, "annotator", self.counters.annotator_restarts, err)
                 continue
             except ray.exceptions.RayError as err:  # the LLM failed: count it, go on
                 log.warning("annotator call failed: %s", str(err).strip().splitlines()[-1][:300])
