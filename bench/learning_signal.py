@@ -25,6 +25,7 @@ import torch
 from mmotif.config import load_config
 from mmotif.contract import LABEL_FIRST, Caption, CaptionPair, Preference
 from mmotif.learners.build import make_network
+from mmotif.nethack.actions import INDEX
 from mmotif.learners.network import mask_state
 from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
 from mmotif.rewards.versions import publish
@@ -83,7 +84,8 @@ def planted_reward(root: Path, seed: int, kind: str) -> Path:
     return Path(publish(root, [entry]).path)
 
 
-def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, beta: float):
+def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, beta: float, entropy: float,
+           adv_std_floor: float = 1e-3):
     return load_config(preset_name="local", overrides={
         "skills": [{"name": "descender", "description": "Finds a down staircase and goes down.",
                     "preference": "Going down is progress."}],
@@ -91,6 +93,7 @@ def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, bet
         "annotator": {"num_annotators": 0},
         "evaluation": {"tasks": []},  # measured here instead
         "reward": {"models": str(reward) if reward else None, "beta": beta},
+        "learner": {"entropy_coef": entropy, "adv_std_floor": adv_std_floor},
         "time_limit_s": seconds,
         "paths": {"run_dir": str(run_dir)},
     })
@@ -103,6 +106,7 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
     obs = venv.reset()
     state = net.initial_state(envs) if net is not None else None
     finished: list[dict] = []
+    action_counts = np.zeros(venv.action_space.n, np.int64)
     while len(finished) < episodes:
         if net is None:
             actions = rng.integers(venv.action_space.n, size=envs)
@@ -110,6 +114,7 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
             tensors = {k: torch.from_numpy(v) for k, v in obs.items()}
             actions, _, _, state = net.act(tensors, state)
             actions = actions.numpy()
+        np.add.at(action_counts, actions, 1)
         obs, _, dones = venv.step(actions)
         if net is not None:
             state = mask_state(state, torch.from_numpy(dones))
@@ -117,8 +122,11 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
     venv.close()
     finished = finished[:episodes]
     depths = [e["max_depth"] for e in finished]
+    share = action_counts / action_counts.sum()
     return {"episodes": len(finished), "mean_max_depth": float(np.mean(depths)),
-            "share_deeper_than_1": float(np.mean([d > 1 for d in depths]))}
+            "share_deeper_than_1": float(np.mean([d > 1 for d in depths])),
+            "mean_episode_steps": float(np.mean([e["episode_steps"] for e in finished])),
+            "action_share": {name: round(float(share[INDEX[name]]), 4) for name in ("DOWN", "PRAY", "WAIT")}}
 
 
 def main() -> None:
@@ -130,12 +138,17 @@ def main() -> None:
                    help="deeper: every step below the starting level is rewarded (one skill for "
                         "the whole episode, beta 0: no message-count decay); descent: only the "
                         "step that descends (the skill restarts after each descent; beta 3)")
+    p.add_argument("--entropy", type=float, default=0.003,
+                   help="entropy bonus (the reference's 0.003 by default)")
+    p.add_argument("--adv-std-floor", type=float, default=1e-3,
+                   help="advantages divided by max(batch std, this); 1e-3 is plain normalisation")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmotif-signal-"))
     policy = work / "descender_only.py"
     policy.write_text(DESCENDER_STAYS if args.reward == "deeper" else DESCENDER_ONLY)
     reward = planted_reward(work / "rewards", args.seed, args.reward)
-    cfg = config(work / "run", policy, reward, args.seconds, beta=0.0 if args.reward == "deeper" else 3.0)
+    cfg = config(work / "run", policy, reward, args.seconds, beta=0.0 if args.reward == "deeper" else 3.0,
+                 entropy=args.entropy, adv_std_floor=args.adv_std_floor)
     t0 = time.time()
     summary = Driver(cfg).run()
     learner_state, _ = load_checkpoint(work / "run", cfg)
@@ -145,7 +158,7 @@ def main() -> None:
     trained = rollouts(cfg, net, args.episodes, 16, args.seed + 1)
     random_ = rollouts(cfg, None, args.episodes, 16, args.seed + 1)
     print(json.dumps({
-        "reward": args.reward,
+        "reward": args.reward, "entropy_coef": args.entropy, "adv_std_floor": args.adv_std_floor,
         "train_seconds": round(time.time() - t0, 1), "env_steps": summary["env_steps"],
         "trained": trained, "random": random_,
         "trained_descends_deeper": trained["mean_max_depth"] > random_["mean_max_depth"],

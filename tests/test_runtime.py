@@ -71,7 +71,7 @@ def test_reward_version_published_mid_run_is_used(tmp_path, ray_local):
     learner = LearnerActor.remote(data)
     actor = RolloutActor.remote(data, 0, 1)
     actor.set_weights.remote(learner.weights.remote())
-    stats = ray.get(learner.add.remote(actor.collect.remote()))
+    stats = ray.get(learner.add.remote(actor.collect.remote()[0]))
     assert stats["reward_model_version"] == -1 and stats["intrinsic_reward_mean"] == 0.0
     # A version whose every skill finds every moment 10 sigmas above its threshold.
     names = [s.name for s in cfg.skills]
@@ -81,7 +81,7 @@ def test_reward_version_published_mid_run_is_used(tmp_path, ray_local):
                                              quantiles=[0.0] * 19, n_unique=1)) for n in names]
     payload = RewardModelSet(entries, version=7).to_payload()
     assert ray.get(learner.set_reward_models.remote(payload)) == 7
-    stats = ray.get(learner.add.remote(actor.collect.remote()))
+    stats = ray.get(learner.add.remote(actor.collect.remote()[0]))
     assert stats["reward_model_version"] == 7 and stats["intrinsic_reward_mean"] > 0
 
 

@@ -95,7 +95,13 @@ class LearnerConfig(_Section):
     clip_ratio: float = Field(0.1, gt=0.0)
     value_clip: float = Field(1.0, gt=0.0)
     max_grad_norm: float = Field(4.0, gt=0.0)
-    max_policy_lag: int = Field(10_000, gt=0)
+    max_policy_lag: int = Field(
+        10_000, gt=0, description="rollouts acted by a policy more versions old are dropped (reference: "
+        "10,000, effectively off)")
+    normalize_advantages: bool = True
+    adv_std_floor: float = Field(
+        1e-3, gt=0.0, description="advantages are divided by max(std, this): above ~1e-3 a batch without "
+        "reward no longer turns value noise into unit-size advantages (sparse rewards)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     network: NetworkConfig = NetworkConfig()
 
@@ -114,6 +120,9 @@ class ActorsConfig(_Section):
     threads_per_actor: int = Field(1, ge=1)
     rollout_timeout_s: float = Field(
         120.0, gt=0, description="a rollout taking longer is a stalled env: its actor is killed and restarted")
+    rollouts_in_flight: int = Field(
+        2, ge=1, le=4, description="collect calls queued per rollout actor: with 2, an actor starts its next "
+        "rollout while the driver hands the last one on (double buffering; one more policy version of lag)")
 
 
 class EvalConfig(_Section):

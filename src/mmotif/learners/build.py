@@ -23,4 +23,5 @@ def appo_hyperparams(cfg: RunConfig) -> APPOHyperparams:
         lr=lc.lr, gamma=lc.gamma, entropy_coef=lc.entropy_coef, value_coef=lc.value_coef,
         clip_ratio=lc.clip_ratio, value_clip=lc.value_clip, max_grad_norm=lc.max_grad_norm,
         rollout_len=lc.rollout, batch_size=lc.batch_size,
+        normalize_advantages=lc.normalize_advantages, adv_std_floor=lc.adv_std_floor,
     )

@@ -58,6 +58,7 @@ class Learner:
         self.policy_version = 0
         self.env_steps = 0
         self.updates = 0
+        self.batches_dropped_for_lag = 0
         self._buffer: list[TrajectoryBatch] = []
 
     # -- versions ----------------------------------------------------------------------
@@ -76,7 +77,11 @@ class Learner:
 
     # -- learning ----------------------------------------------------------------------
     def add(self, batch: TrajectoryBatch) -> dict | None:
-        """Buffer a rollout; train once enough samples are in. Returns stats after a step."""
+        """Buffer a rollout; train once enough samples are in. Returns stats after a step.
+        A rollout acted by a policy more than `max_policy_lag` versions old is dropped."""
+        if self.policy_version - batch.policy_version > self.cfg.learner.max_policy_lag:
+            self.batches_dropped_for_lag += 1
+            return None
         self._buffer.append(batch)
         if sum(b.env_steps for b in self._buffer) < self.hp.batch_size:
             return None
@@ -111,6 +116,7 @@ class Learner:
         stats["policy_version"] = self.policy_version
         stats["reward_model_version"] = self.reward_version
         stats["env_steps"] = self.env_steps
+        stats["batches_dropped_for_lag"] = self.batches_dropped_for_lag
         stats["samples"] = samples
         return stats
 

@@ -76,7 +76,8 @@ class Driver:
         self.reward_root = self.run_dir / "rewards"
         self.rng = np.random.default_rng(cfg.seed)
         self._stop_requested = False
-        self._collect_started: dict = {}
+        self._pending: dict = {}  # trajectory ref -> (rollout actor, ref of its side log)
+        self._last_rollout_at: dict = {}  # rollout actor -> when it last finished a rollout
 
     # -- setup ---------------------------------------------------------------------------
     def _start_ray(self) -> None:
@@ -219,13 +220,11 @@ class Driver:
     def _loop(self) -> None:
         cfg = self.cfg
         weights = self.learner.weights.remote()
-        pending_collect: dict = {}
         pending_train: list = []
         annotate_calls: dict = {}
         retrain_call = None
         last_ckpt = self.counters.env_steps
         deadline = time.time() + cfg.time_limit_s if cfg.time_limit_s else None
-        collects = 0
         while not self._stop_requested:
             if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
                 break
@@ -233,22 +232,21 @@ class Driver:
                 if actor in self._died:  # a fresh seed: no replay of the dead one's games
                     self._died.discard(actor)
                     actor.reseed.remote(int(self.rng.integers(2**31)))
-                actor.set_weights.remote(weights)
-                self._start_collect(pending_collect, actor)
+                for _ in range(cfg.actors.rollouts_in_flight):
+                    self._start_collect(actor, weights)
             self._grow_with_the_cluster()
-            ready, _ = ray.wait(list(pending_collect), num_returns=1, timeout=1.0)
-            self._kill_stalled(pending_collect)
+            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=1.0)
+            self._kill_stalled()
             for ref in ready:
-                actor = pending_collect.pop(ref)
-                self._collect_started.pop(ref, None)
+                if ref not in self._pending:  # dropped with its dead actor's other rollouts
+                    continue
+                actor, side_log = self._pending.pop(ref)
                 if not self._rollout_ok(ref, actor):
                     continue
+                self._last_rollout_at[actor] = time.time()
                 pending_train.append(self.learner.add.remote(ref))
-                collects += 1
-                if collects % len(self.actors) == 0:
-                    self._drain_rollout_side(actor)
-                actor.set_weights.remote(weights)  # applied before its next rollout
-                self._start_collect(pending_collect, actor)
+                self._start_collect(actor, weights)  # queued behind the one it is running
+                self._record_rollout_side(ray.get(side_log))
             # learner results (bounded queue: at most 2 steps in flight)
             while pending_train:
                 done, _ = ray.wait(pending_train[:1], timeout=0 if len(pending_train) <= 2 else None)
@@ -268,20 +266,26 @@ class Driver:
 
     _last_stats: dict = {}
 
-    def _start_collect(self, pending: dict, actor) -> None:
-        ref = actor.collect.remote()
-        pending[ref] = actor
-        self._collect_started[ref] = time.time()
+    def _start_collect(self, actor, weights) -> None:
+        """Queue weights then a rollout on `actor`; the weights apply before that rollout."""
+        actor.set_weights.remote(weights)
+        trajectory, side_log = actor.collect.remote()
+        if not any(a is actor for a, _ in self._pending.values()):
+            self._last_rollout_at[actor] = time.time()  # idle until now: the clock starts here
+        self._pending[trajectory] = (actor, side_log)
 
-    def _kill_stalled(self, pending: dict) -> None:
-        """A rollout past its timeout means a hung env: kill the actor so Ray restarts it
-        (its pending rollout then fails and is handled like any dead actor)."""
+    def _kill_stalled(self) -> None:
+        """An actor that finished no rollout for `rollout_timeout_s` while it had work has a
+        hung env: kill it so Ray restarts it (its pending rollouts then fail and are handled
+        like any dead actor). The clock is per actor: queued rollouts wait their turn."""
         now, limit = time.time(), self.cfg.actors.rollout_timeout_s
-        for ref, started in list(self._collect_started.items()):
-            if now - started > limit and ref in pending:
-                log.warning("rollout stalled for %.0f s; restarting its actor", now - started)
-                ray.kill(pending[ref], no_restart=False)
-                self._collect_started[ref] = float("inf")  # kill once
+        busy = {a for a, _ in self._pending.values()}
+        for actor in busy:
+            since = self._last_rollout_at.get(actor, now)
+            if now - since > limit:
+                log.warning("rollout stalled for %.0f s; restarting its actor", now - since)
+                ray.kill(actor, no_restart=False)
+                self._last_rollout_at[actor] = float("inf")  # kill once
 
     def _rollout_ok(self, ref, actor) -> bool:
         """False when the rollout failed because its actor died (Ray restarts it; it gets
@@ -293,6 +297,9 @@ class Driver:
             self.counters.actor_restarts += 1
             self._await_restart(actor, "rollout", self.counters.actor_restarts, err)
             self._died.add(actor)
+            # its other queued rollouts died with it: one death, not several
+            for other in [r for r, (a, _) in self._pending.items() if a is actor]:
+                del self._pending[other]
             return False
 
     def _await_restart(self, actor, role: str, restarts: int, err: Exception) -> None:
@@ -331,6 +338,7 @@ class Driver:
         if stats is None:
             return None
         self.counters.env_steps = int(stats["env_steps"])
+        self.counters.batches_dropped_for_lag = int(stats["batches_dropped_for_lag"])
         values = {k: v for k, v in stats.items() if "/" in k}
         for term in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             values[f"learner_loss/{term}"] = stats[term]
@@ -339,15 +347,16 @@ class Driver:
         values.update(
             env_steps_total=stats["env_steps"], env_steps_per_second=rate,
             policy_version=stats["policy_version"], policy_lag=stats["policy_lag"],
+            batches_dropped_for_lag_total=stats["batches_dropped_for_lag"],
             reward_model_version=stats["reward_model_version"],
         )
         self.metrics.record(self.counters.env_steps, values)
         self._last_stats = {**stats, "env_steps_per_second": values["env_steps_per_second"]}
         return stats
 
-    def _drain_rollout_side(self, actor) -> None:
-        """Episode summaries and sampled captions of one actor (cheap, non-blocking calls)."""
-        episodes, captions = ray.get([actor.pop_finished_episodes.remote(), actor.pop_captions.remote()])
+    def _record_rollout_side(self, side_log) -> None:
+        """A rollout's finished episodes and sampled captions."""
+        episodes, captions = side_log
         self.sampler.add_captions(captions)
         append_captions(self.run_dir / "captions.jsonl", captions)
         if episodes:

@@ -30,6 +30,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mmotif_skill_switches", GAUGE, "skill switches per finished episode"),
     MetricSpec("mmotif_policy_version", GAUGE, "newest published policy version"),
     MetricSpec("mmotif_policy_lag", GAUGE, "learner version minus the version that acted"),
+    MetricSpec("mmotif_batches_dropped_for_lag_total", COUNTER,
+               "rollouts the learner dropped: acted by a policy more than learner.max_policy_lag versions old"),
     MetricSpec("mmotif_learner_loss", GAUGE, "learner loss terms", ("term",)),
     MetricSpec("mmotif_labels_total", COUNTER, "preference labels committed to the store", ("skill",)),
     MetricSpec("mmotif_labels_per_second", GAUGE, "preference labels per second"),

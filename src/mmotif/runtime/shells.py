@@ -33,8 +33,12 @@ class RolloutActor:
         self.worker.set_weights(version)
         return self.worker.policy_version
 
+    @ray.method(num_returns=2)
     def collect(self):
-        return self.worker.collect()
+        """Two objects: the trajectory (the driver passes its ref on to the learner) and the
+        rollout's side log for the driver (finished episodes, sampled captions)."""
+        batch = self.worker.collect()
+        return batch, (self.worker.pop_finished_episodes(), self.worker.pop_captions())
 
     def ready(self) -> bool:
         """Answers once the envs are built (after a restart too)."""
@@ -45,12 +49,6 @@ class RolloutActor:
 
     def reseed(self, seed: int) -> None:
         self.worker.reseed(seed)
-
-    def pop_captions(self):
-        return self.worker.pop_captions()
-
-    def pop_finished_episodes(self):
-        return self.worker.pop_finished_episodes()
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

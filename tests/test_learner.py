@@ -1,0 +1,26 @@
+"""The learner core (no Ray): bounded policy lag."""
+
+from mmotif.actors.rollout import RolloutWorker
+from mmotif.config import load_config
+from mmotif.learners.learner import Learner
+
+
+def test_learner_drops_rollouts_older_than_max_policy_lag(tmp_path):
+    cfg = load_config(preset_name="local", overrides={
+        "annotator": {"num_annotators": 0},
+        "actors": {"num_actors": 1, "envs_per_actor": 4},
+        "learner": {"batch_size": 32, "rollout": 8, "max_policy_lag": 2},
+        "paths": {"run_dir": str(tmp_path / "run")},
+    })
+    learner, worker = Learner(cfg), RolloutWorker(cfg, 0, seed=1)
+    worker.set_weights(learner.weights())
+    old = worker.collect()  # acted by version 0; one batch is one SGD step
+    assert old.policy_version == 0
+    for version in (1, 2, 3):  # lag 0, 1, 2: trained on
+        stats = learner.add(old)
+        assert stats is not None and stats["policy_version"] == version
+    assert learner.add(old) is None  # lag 3 > 2: dropped, no step
+    assert learner.batches_dropped_for_lag == 1 and learner.policy_version == 3
+    worker.set_weights(learner.weights())
+    stats = learner.add(worker.collect())
+    assert stats["policy_version"] == 4 and stats["batches_dropped_for_lag"] == 1
