@@ -2,13 +2,16 @@
 down stairs produce a policy that descends more than a random one?
 
 1. Plant the reward: a real reward model trained (Bradley-Terry, as in a run) on synthetic
-   preferences that always prefer "You descend the stairs." with a deeper level.
-2. Train: `mmotif run` on the local preset with one skill (descender, re-selected after
-   every descent), annotation off, starting from the planted reward model.
-3. Measure: mean deepest level and descents per episode of the trained policy and of a
-   uniformly random policy, same env, same number of episodes and steps.
+   preferences: `deeper` prefers any moment below the skill's starting level, `descent`
+   the moment showing "You descend the stairs.".
+2. Train: `mmotif run` on the local preset with one skill (descender), annotation off,
+   starting from the planted reward model, with this bench's learning settings
+   (`--lr`, `--adv-std-floor`; bench/README.md says why).
+3. Measure: deepest level per episode of the trained policy, of a uniformly random policy,
+   and of i.i.d. actions with the trained policy's action frequencies; same env, same
+   number of episodes; a one-sided permutation test on the mean.
 
-Prints JSON. Takes about `--seconds` plus a minute.
+Prints JSON. Takes about `--seconds` plus 1–3 minutes of evaluation.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def planted_reward(root: Path, seed: int, kind: str) -> Path:
 
 
 def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, beta: float, entropy: float,
-           adv_std_floor: float = 1e-3):
+           adv_std_floor: float = 1e-3, lr: float = 3e-4):
     return load_config(preset_name="local", overrides={
         "skills": [{"name": "descender", "description": "Finds a down staircase and goes down.",
                     "preference": "Going down is progress."}],
@@ -93,14 +96,15 @@ def config(run_dir: Path, policy: Path, reward: Path | None, seconds: float, bet
         "annotator": {"num_annotators": 0},
         "evaluation": {"tasks": []},  # measured here instead
         "reward": {"models": str(reward) if reward else None, "beta": beta},
-        "learner": {"entropy_coef": entropy, "adv_std_floor": adv_std_floor},
+        "learner": {"entropy_coef": entropy, "adv_std_floor": adv_std_floor, "lr": lr},
         "time_limit_s": seconds,
         "paths": {"run_dir": str(run_dir)},
     })
 
 
-def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
-    """Play `episodes` episodes; net None plays uniformly random actions."""
+def rollouts(cfg, net, episodes: int, envs: int, seed: int, probs: np.ndarray | None = None) -> dict:
+    """Play `episodes` episodes with `net`; without one, i.i.d. actions drawn from `probs`
+    (uniform by default)."""
     venv = make_vector_env(cfg, envs, seed)
     rng = np.random.default_rng(seed)
     obs = venv.reset()
@@ -109,7 +113,7 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
     action_counts = np.zeros(venv.action_space.n, np.int64)
     while len(finished) < episodes:
         if net is None:
-            actions = rng.integers(venv.action_space.n, size=envs)
+            actions = rng.choice(venv.action_space.n, size=envs, p=probs)
         else:
             tensors = {k: torch.from_numpy(v) for k, v in obs.items()}
             actions, _, _, state = net.act(tensors, state)
@@ -123,16 +127,31 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int) -> dict:
     finished = finished[:episodes]
     depths = [e["max_depth"] for e in finished]
     share = action_counts / action_counts.sum()
-    return {"episodes": len(finished), "mean_max_depth": float(np.mean(depths)),
+    return {"episodes": len(finished), "max_depths": depths, "action_probs": share.tolist(),
+            "mean_max_depth": float(np.mean(depths)),
             "share_deeper_than_1": float(np.mean([d > 1 for d in depths])),
             "mean_episode_steps": float(np.mean([e["episode_steps"] for e in finished])),
             "action_share": {name: round(float(share[INDEX[name]]), 4) for name in ("DOWN", "PRAY", "WAIT")}}
 
 
+def permutation_p_value(trained: list[int], random_: list[int], draws: int = 20_000, seed: int = 0) -> float:
+    """One-sided permutation test: how often relabelling the episodes gives a mean-depth
+    difference at least as large as the observed one."""
+    a, b = np.asarray(trained, float), np.asarray(random_, float)
+    both, n = np.concatenate([a, b]), len(a)
+    observed = a.mean() - b.mean()
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(draws):
+        perm = rng.permutation(both)
+        hits += perm[:n].mean() - perm[n:].mean() >= observed
+    return round((hits + 1) / (draws + 1), 4)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seconds", type=float, default=600)
-    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=1200)
+    p.add_argument("--episodes", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", choices=("deeper", "descent"), default="deeper",
                    help="deeper: every step below the starting level is rewarded (one skill for "
@@ -140,29 +159,49 @@ def main() -> None:
                         "step that descends (the skill restarts after each descent; beta 3)")
     p.add_argument("--entropy", type=float, default=0.003,
                    help="entropy bonus (the reference's 0.003 by default)")
-    p.add_argument("--adv-std-floor", type=float, default=1e-3,
-                   help="advantages divided by max(batch std, this); 1e-3 is plain normalisation")
+    p.add_argument("--adv-std-floor", type=float, default=0.1,
+                   help="advantages divided by max(batch std, this); 1e-3 is plain normalisation "
+                        "(see bench/README.md for why this bench uses 0.1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (local preset: 3e-4; reference: 1e-4)")
+    p.add_argument("--evaluate-run", type=Path, default=None,
+                   help="no training: evaluate the newest checkpoint of this run folder (a RUN_DIR printed before)")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mmotif-signal-"))
-    policy = work / "descender_only.py"
-    policy.write_text(DESCENDER_STAYS if args.reward == "deeper" else DESCENDER_ONLY)
-    reward = planted_reward(work / "rewards", args.seed, args.reward)
-    cfg = config(work / "run", policy, reward, args.seconds, beta=0.0 if args.reward == "deeper" else 3.0,
-                 entropy=args.entropy, adv_std_floor=args.adv_std_floor)
     t0 = time.time()
-    summary = Driver(cfg).run()
-    learner_state, _ = load_checkpoint(work / "run", cfg)
+    if args.evaluate_run:
+        run_dir = args.evaluate_run
+        cfg = load_config(run_dir / "config.yaml")
+        summary = {"env_steps": None}
+    else:
+        work = Path(tempfile.mkdtemp(prefix="mmotif-signal-"))
+        run_dir = work / "run"
+        policy = work / "descender_only.py"
+        policy.write_text(DESCENDER_STAYS if args.reward == "deeper" else DESCENDER_ONLY)
+        reward = planted_reward(work / "rewards", args.seed, args.reward)
+        cfg = config(run_dir, policy, reward, args.seconds, beta=0.0 if args.reward == "deeper" else 3.0,
+                     entropy=args.entropy, adv_std_floor=args.adv_std_floor, lr=args.lr)
+        summary = Driver(cfg).run()
+    learner_state, _ = load_checkpoint(run_dir, cfg)
     net = make_network(cfg)
     net.load_state_dict(learner_state["net"])
     net.eval()
     trained = rollouts(cfg, net, args.episodes, 16, args.seed + 1)
     random_ = rollouts(cfg, None, args.episodes, 16, args.seed + 1)
+    # the trained policy's action frequencies without its observations: how much of the
+    # difference comes from acting on what it sees rather than from shifted frequencies
+    marginals = rollouts(cfg, None, args.episodes, 16, args.seed + 1, probs=np.array(trained["action_probs"]))
+    p_value = permutation_p_value(trained.pop("max_depths"), random_.pop("max_depths"))
+    marginals.pop("max_depths")
+    for r in (trained, random_, marginals):
+        r.pop("action_probs")
     print(json.dumps({
-        "reward": args.reward, "entropy_coef": args.entropy, "adv_std_floor": args.adv_std_floor,
-        "train_seconds": round(time.time() - t0, 1), "env_steps": summary["env_steps"],
-        "trained": trained, "random": random_,
+        "reward": ("deeper" if cfg.reward.beta == 0 else "descent") if args.evaluate_run else args.reward,
+        "entropy_coef": cfg.learner.entropy_coef,
+        "adv_std_floor": cfg.learner.adv_std_floor, "lr": cfg.learner.lr,
+        "seconds": round(time.time() - t0, 1), "env_steps": summary["env_steps"] or learner_state["env_steps"],
+        "trained": trained, "random": random_, "trained_action_frequencies_iid": marginals,
         "trained_descends_deeper": trained["mean_max_depth"] > random_["mean_max_depth"],
-        "run_dir": str(work / "run"),
+        "p_value_one_sided": p_value,
+        "run_dir": str(run_dir),
     }, indent=2))
 
 

@@ -179,11 +179,16 @@ class TreeCpu:
         inside = [s for s in self.samples if ta - self.interval <= s[0] <= tb + self.interval]
         if len(inside) < 2:
             return None
-        (t0, start), (t1, end) = inside[0], inside[-1]
+        (t0, start), (t1, _) = inside[0], inside[-1]
         dt = max(t1 - t0, 1e-9)
+        # each process from its first to its last sample: one that exits inside the window
+        # (the driver kills the rollout actors as the run ends) still counts
+        last: dict[int, tuple[str, float]] = {}
+        for _, tree in inside:
+            last.update(tree)
         by_name: dict[str, float] = {}
-        for pid, (name, cpu) in end.items():
-            used = cpu - start.get(pid, (name, 0.0))[1] if pid in start else cpu
+        for pid, (name, cpu) in last.items():
+            used = cpu - start[pid][1] if pid in start else cpu
             by_name[name] = by_name.get(name, 0.0) + max(used, 0.0)
         total = sum(by_name.values())
         top = sorted(by_name.items(), key=lambda kv: -kv[1])
