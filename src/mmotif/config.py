@@ -98,10 +98,11 @@ class LearnerConfig(_Section):
     max_policy_lag: int = Field(
         10_000, gt=0, description="rollouts acted by a policy more versions old are dropped (reference: "
         "10,000, effectively off)")
-    normalize_advantages: bool = True
+    normalize_advantages: bool = Field(True, description="advantages normalised per batch (reference: on)")
     adv_std_floor: float = Field(
-        1e-3, gt=0.0, description="advantages are divided by max(std, this): above ~1e-3 a batch without "
-        "reward no longer turns value noise into unit-size advantages (sparse rewards)")
+        1e-3, gt=0.0, description="advantages are divided by max(batch std, this); 1e-3 is plain normalisation. "
+        "At the reward's scale (e.g. 0.1) a batch without reward keeps near-zero advantages instead of "
+        "unit-size value noise, which helps sparse rewards (bench/README.md, learning_signal)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     network: NetworkConfig = NetworkConfig()
 
