@@ -24,3 +24,6 @@ def test_learner_drops_rollouts_older_than_max_policy_lag(tmp_path):
     worker.set_weights(learner.weights())
     stats = learner.add(worker.collect())
     assert stats["policy_version"] == 4 and stats["batches_dropped_for_lag"] == 1
+    resumed = Learner(cfg)
+    resumed.load_state(learner.state())
+    assert resumed.batches_dropped_for_lag == 1, "the counter must survive a checkpoint (a Prometheus counter)"

@@ -144,6 +144,7 @@ class Learner:
             "policy_version": self.policy_version,
             "env_steps": self.env_steps,
             "updates": self.updates,
+            "batches_dropped_for_lag": self.batches_dropped_for_lag,
             "reward_model_version": self.reward_version,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -159,6 +160,7 @@ class Learner:
         self.policy_version = int(state["policy_version"])
         self.env_steps = int(state["env_steps"])
         self.updates = int(state["updates"])
+        self.batches_dropped_for_lag = int(state.get("batches_dropped_for_lag", 0))  # older checkpoints lack it
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
