@@ -218,3 +218,32 @@ def test_bad_config_names_the_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(config)
     assert "learner.rollout" in str(err.value) and "env.crop" in str(err.value)
+
+
+def test_a_death_reads_as_a_death_not_as_climbing():
+    """NLE zeroes the bottom line when the game ends. The death step's reward input and
+    the caption that spans the death keep the last live stats and NetHack's death message."""
+    cfg = load_config(preset_name="local", overrides={"env": {"caption_gap": 100_000}})
+    venv = make_vector_env(cfg, 1, seed=3)
+    env = venv.envs[0]
+    env.caption_rate = 1.0  # a snapshot every step; with this gap only a death closes one
+    venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(20_000):  # a random Monk dies within a few hundred steps
+        depth_before = env.game.blstats[12]
+        _, _, dones = venv.step(rng.integers(A.NUM_ACTIONS, size=1))
+        if dones[0] and not venv.finished_episodes[-1]["truncated"]:
+            break
+    else:
+        pytest.skip("no game ended in a death")
+    captions = env.pop_captions()
+    assert len(captions) == 1
+    death = captions[0]
+    assert "You die" in death.message
+    assert "The dungeon level went up" not in death.text
+    assert "/0 " not in death.text + " " and "to 0" not in death.text, death.text
+    assert death.depth_change == 0 or depth_before > 1
+    # the reward models read the death step's outcome: no "shallower" from a zeroed depth
+    assert venv.reward_inputs["diffstats"][0, 0] >= 0
+    assert b"You die" in bytes(venv.reward_inputs["message"][0])
+    venv.close()

@@ -26,7 +26,9 @@ _K = {k: i for i, k in enumerate(OBS_KEYS)}
 # Single-key prompts the agent answers itself; every other one is declined (ESC).
 YN_WHITELIST = (b"eat", b"attack", b"direction?", b"pray", b"drop", b"drink", b"Sell")
 # Messages that a skipped --More-- would swallow but the reward models and tasks need.
-KEEP_THROUGH_MORE = (b"You descend the stairs", b"You climb up the stairs", b"You are frozen")
+# "You die..." is NetHack's last message of a fatal turn; NLE's final observation is blank.
+DEATH_MESSAGE = b"You die..."
+KEEP_THROUGH_MORE = (b"You descend the stairs", b"You climb up the stairs", b"You are frozen", DEATH_MESSAGE)
 ENHANCE_TRIGGER = b"You feel more confident in"
 _ITEM_PROMPT = re.compile(rb"What do you want to (eat|drink)\? \[([^\]]*)\]")
 
@@ -115,6 +117,8 @@ class NetHackGame:
         self._play(action, pending)
         kept = self._handle_prompts()
         self._refresh_message(kept)
+        if self.done:
+            self._show_death()
         return self.done
 
     def close(self) -> None:
@@ -219,6 +223,17 @@ class NetHackGame:
         text = b"  ".join(kept + [current.tobytes().rstrip(b"\0")]).rstrip()
         self.message[:] = 0
         raw = np.frombuffer(text[: len(self.message)], np.uint8)
+        self.message[: len(raw)] = raw
+
+    def _show_death(self) -> None:
+        """A macro or prompt answer can skip the fatal turn's "You die..." --More--; NLE's
+        final observation is blank. The message then ends with NetHack's own death line,
+        so captions and the reward models see the game end as a death."""
+        if self._nh.how_done() != nethack.DIED or DEATH_MESSAGE in self.message_bytes():
+            return
+        text = b"  ".join(part for part in (self.message_bytes(), DEATH_MESSAGE) if part)
+        raw = np.frombuffer(text[-len(self.message):], np.uint8)
+        self.message[:] = 0
         self.message[: len(raw)] = raw
 
     def _starting_spell_type(self) -> int:

@@ -146,7 +146,9 @@ class SkillEnv(gym.Env):
         terminated = game.step(action)
         stats.steps += 1
         truncated = not terminated and stats.steps >= self.max_episode_steps
-        bl = self._bl = game.blstats.tolist()  # Python ints: cheaper to index than numpy
+        # NLE zeroes the bottom line once the game is over: the end of a game keeps the last
+        # live stats, so a death never reads as "level went up, HP 0/0" (captions, diffstats).
+        bl = self._bl = self._bl if terminated else game.blstats.tolist()  # ints index faster
         depth, dnum, score = bl[BL_DEPTH], bl[BL_DNUM], bl[BL_SCORE]
         reward = float(score - self._score0 - stats.score)
         stats.score = score - self._score0
@@ -163,13 +165,14 @@ class SkillEnv(gym.Env):
         if not terminated:
             self._run_skill_machinery(depth, dnum, bl[BL_TIME])
         if self.caption_rate > 0:
-            self._sample_captions(terminated or truncated)
+            self._sample_captions(terminated, truncated)
         return reward, terminated, truncated
 
     def write_observation(self, out: dict[str, np.ndarray]) -> None:
         game, bl = self.game, self._bl
+        blstats = np.asarray(bl) if game.done else game.blstats  # see advance(): last live stats
         write_crop(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y], out["crop_chars"], out["crop_colors"])
-        write_blstats(game.blstats, game.spell_type, self.inventory, self._skill_id, out["blstats"])
+        write_blstats(blstats, game.spell_type, self.inventory, self._skill_id, out["blstats"])
         np.copyto(out["message"], game.message)
         change = bl[BL_DEPTH] - self._acting_start_depth
         out["diffstats"][0] = (change > 0) - (change < 0)
@@ -279,15 +282,22 @@ class SkillEnv(gym.Env):
             return -1
         return self.stats.steps + int(self._rng.geometric(self.caption_rate))
 
-    def _sample_captions(self, episode_over: bool) -> None:
+    def _sample_captions(self, terminated: bool, truncated: bool) -> None:
+        """Snapshots at a geometric rate; a caption pairs one with the state `caption_gap`
+        steps later. A game that ends (a death) closes its oldest open snapshot early: that
+        caption ends on the last live stats and NetHack's "You die..." message. A truncated
+        episode drops its open snapshots (nothing happened to end them)."""
         steps = self.stats.steps
-        if steps == self._next_snapshot:
-            state = game_state(self.game.message_bytes(), self.game.blstats)
-            self._snapshots.append((steps + self.caption_gap, state))
+        if steps == self._next_snapshot and not (terminated or truncated):
+            self._snapshots.append((steps + self.caption_gap, self._game_state()))
             self._next_snapshot = self._draw_snapshot_delay()
-        while self._snapshots and self._snapshots[0][0] == steps:
+        while self._snapshots and (self._snapshots[0][0] == steps or terminated):
             _, earlier = self._snapshots.popleft()
-            now = game_state(self.game.message_bytes(), self.game.blstats)
-            self.captions.append(make_caption(earlier, now))
-        if episode_over:
+            self.captions.append(make_caption(earlier, self._game_state()))
+            if terminated:
+                break
+        if terminated or truncated:
             self._snapshots.clear()
+
+    def _game_state(self):
+        return game_state(self.game.message_bytes(), self._bl)
