@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
-from mmotif.annotators.annotate import AnnotationStats, annotate_pairs  # noqa: E402
+from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs  # noqa: E402
 from mmotif.annotators.backends.embedded import EMBEDDED_MODELS, EmbeddedBackend, ensure_model  # noqa: E402
 from mmotif.annotators.examples import obvious_pairs, synthetic_pairs  # noqa: E402
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, CaptionPair  # noqa: E402
@@ -34,7 +34,7 @@ def sanity(backend, skills: dict[str, str], mode: str, margin: float, max_tokens
     for skill in skills:
         pairs = obvious_pairs(skill)
         both = pairs + [CaptionPair(p.skill, p.second, p.first) for p in pairs]
-        prefs = annotate_pairs(backend, both, skills, mode, score_cache={}, margin=margin, max_tokens=max_tokens)
+        prefs = annotate_pairs(backend, both, skills, mode, score_cache={}, tie_rule=TieRule("margin", margin=margin), max_tokens=max_tokens)
         expected = [LABEL_FIRST] * len(pairs) + [LABEL_SECOND] * len(pairs)
         labels = [p.label for p in prefs]
         report[skill] = {
@@ -78,7 +78,7 @@ def main() -> None:
     stats = AnnotationStats()
     cache: dict = {}
     t0 = time.perf_counter()
-    prefs = annotate_pairs(backend, pairs, skills, args.mode, score_cache=cache, margin=args.margin,
+    prefs = annotate_pairs(backend, pairs, skills, args.mode, score_cache=cache, tie_rule=TieRule("margin", margin=args.margin),
                            stats=stats, max_tokens=args.max_tokens)
     elapsed = time.perf_counter() - t0
     labels = [p.label for p in prefs]

@@ -30,7 +30,7 @@ def test_pointwise_labels_of_obvious_pairs_agree_well_above_chance():
         for skill in skills:
             pairs = obvious_pairs(skill)
             both = pairs + [CaptionPair(p.skill, p.second, p.first) for p in pairs]
-            labels = [p.label for p in annotate_pairs(backend, both, skills, "pointwise", score_cache={}, margin=0.0)]
+            labels = [p.label for p in annotate_pairs(backend, both, skills, "pointwise", score_cache={})]
             expected = [LABEL_FIRST] * len(pairs) + [LABEL_SECOND] * len(pairs)
             right += sum(a == b for a, b in zip(labels, expected))
             total += len(both)

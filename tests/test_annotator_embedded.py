@@ -16,7 +16,7 @@ import zipfile
 import pytest
 import torch
 
-from mmotif.annotators.annotate import AnnotationStats, annotate_pairs, score_captions
+from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs, score_captions
 from mmotif.annotators.backends.base import BackendError
 from mmotif.annotators.backends.embedded import (
     EMBEDDED_MODELS,
@@ -247,7 +247,7 @@ def test_pointwise_margin_makes_ties(backend):
     pairs = obvious_pairs("descender")[:2]
     skills = {"descender": SKILLS["descender"]}
     cache: dict = {}
-    prefs = annotate_pairs(backend, pairs, skills, score_cache=cache, margin=1e9)
+    prefs = annotate_pairs(backend, pairs, skills, score_cache=cache, tie_rule=TieRule("margin", margin=1e9))
     assert all(p.label == 2 for p in prefs)
     scores = score_captions(backend, [("descender", pairs[0].first.text)], skills, cache)
     assert math.isfinite(scores[0])

@@ -35,7 +35,9 @@ class EnvConfig(_Section):
 
 
 class AnnotatorConfig(_Section):
-    backend: Literal["embedded", "vllm", "openai"] = "embedded"
+    backend: Literal["embedded", "vllm", "openai", "rules"] = Field(
+        "embedded", description="rules: the rule-based control annotator (mmotif.annotators.rules), "
+        "never the default")
     model: str = "qwen2.5-coder-1.5b"
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     num_annotators: int | Literal["auto"] = Field(
@@ -44,7 +46,15 @@ class AnnotatorConfig(_Section):
     pairs_per_call: int = Field(
         64, gt=0, description="caption pairs per annotator call (pointwise: pairs of already "
                               "scored captions cost no LLM call)")
-    tie_margin: float = Field(0.5, ge=0.0, description="pointwise: score gap below which a pair is a tie")
+    tie_rule: Literal["rank", "margin"] = Field(
+        "rank", description="pointwise: a pair ties when its two captions' score ranks among the skill's "
+        "scored captions differ by at most tie_rank_gap (rank), or their scores by tie_margin (margin)")
+    tie_rank_gap: float = Field(
+        0.1, ge=0.0, lt=1.0, description="rank rule: two random captions tie with probability 2g-g^2 (0.19)")
+    tie_margin: float = Field(0.5, ge=0.0, description="margin rule: score gap (log-odds) below which a pair ties")
+    rules: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="backend rules: per-skill {event: weight} replacing the defaults "
+        "(events: mmotif.nethack.events.EVENTS)")
     temperature: float = Field(0.1, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=-1)
@@ -184,6 +194,16 @@ class RunConfig(_Section):
     @classmethod
     def _skills_are_usable(cls, skills: list[SkillSpec]) -> list[SkillSpec]:
         return validate_skill_list(skills)
+
+    @model_validator(mode="after")
+    def _rules_cover_the_skills(self):
+        if self.annotator.backend == "rules" or self.annotator.rules:
+            from mmotif.annotators.rules import resolve_rules
+
+            resolve_rules([s.name for s in self.skills], self.annotator.rules)
+        if self.annotator.backend == "rules" and self.annotator.mode != "pointwise":
+            raise ValueError("annotator.backend 'rules' scores captions: annotator.mode must be 'pointwise'")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

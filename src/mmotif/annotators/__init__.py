@@ -7,7 +7,7 @@ Importing this package does not import torch or transformers; backends load them
     prefs = annotate_pairs(backend, pairs, {"descender": "..."}, mode="pointwise", score_cache={})
 """
 
-from mmotif.annotators.annotate import AnnotationStats, annotate_pairs, score_captions, score_cache_key
+from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs, score_captions, score_cache_key
 from mmotif.annotators.backends import BackendError, LLMBackend, make_backend
 from mmotif.annotators.parsing import final_label, parse_answer
 from mmotif.annotators.prompts import PROMPT_VERSION, pair_label_from_scores, prompt_version
@@ -15,6 +15,7 @@ from mmotif.annotators.prompts import PROMPT_VERSION, pair_label_from_scores, pr
 __all__ = [
     "PROMPT_VERSION",
     "AnnotationStats",
+    "TieRule",
     "BackendError",
     "LLMBackend",
     "annotate_pairs",

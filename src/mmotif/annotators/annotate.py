@@ -4,7 +4,10 @@ Two modes (see :mod:`mmotif.annotators.prompts`):
 
 * ``pointwise``: one Yes/No score per unique (skill, caption text), cached in a dict the
   caller keeps between calls, so a caption that appears in many pairs costs one LLM call per
-  skill. A pair's label compares the two scores (a tie within `margin`).
+  skill. A pair's label compares the two scores by a :class:`TieRule`: by rank among the
+  skill's scored captions (default; the tie share is then a set number, not an accident of
+  the model's score range) or by an absolute score margin. A backend with `score_texts`
+  (the rules annotator) scores caption texts directly, without a prompt.
 * ``pairwise``: the paper's chain-of-thought comparison; unparseable answers get one retry
   turn, then LABEL_UNKNOWN.
 
@@ -17,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from mmotif.annotators.backends.base import LLMBackend
 from mmotif.annotators.parsing import parse_answer
@@ -29,10 +35,54 @@ from mmotif.annotators.prompts import (
     prompt_version,
     retry_messages,
 )
-from mmotif.contract import LABEL_UNKNOWN, CaptionPair, Preference
+from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN, CaptionPair, Preference
 
 MODES = ("pointwise", "pairwise")
 ScoreCache = dict[tuple[str, str], float]
+
+
+@dataclass(frozen=True)
+class TieRule:
+    """When two pointwise scores of one skill make a tie.
+
+    ``rank``: the scores' mid-ranks among every caption scored so far for that skill differ
+    by at most `rank_gap` (a share in [0, 1)). For two random captions with distinct scores
+    this ties with probability 2g - g^2 (0.19 at g = 0.1), whatever the model's score scale:
+    a 0.5B model whose scores span 0.4 log-odds labels as often as one that spans 10.
+    ``margin``: the scores differ by at most `margin` (log-odds), the old rule.
+    Equal scores always tie; a backend with `exact_scores` (rules) ties only on equality.
+    """
+
+    kind: str = "rank"
+    rank_gap: float = 0.1
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("rank", "margin"):
+            raise ValueError(f"unknown tie rule {self.kind!r}; use 'rank' or 'margin'")
+        if not 0.0 <= self.rank_gap < 1.0 or self.margin < 0:
+            raise ValueError(f"tie rule needs 0 <= rank_gap < 1 and margin >= 0, got {self}")
+
+    def labels(self, pairs_scores: Sequence[tuple[float, float]], skill_scores: Sequence[float],
+               exact: bool = False) -> list[int]:
+        """Labels of (first, second) score pairs of one skill; `skill_scores`: all its scores."""
+        if exact or (self.kind == "margin" and self.margin == 0.0):
+            return [pair_label_from_scores(a, b, 0.0) for a, b in pairs_scores]
+        if self.kind == "margin":
+            return [pair_label_from_scores(a, b, self.margin) for a, b in pairs_scores]
+        ranked = np.sort(np.asarray([s for s in skill_scores if math.isfinite(s)], float))
+
+        def rank(x: float) -> float:
+            lo, hi = np.searchsorted(ranked, x, "left"), np.searchsorted(ranked, x, "right")
+            return (lo + hi) / (2.0 * max(len(ranked), 1))
+
+        out = []
+        for a, b in pairs_scores:
+            label = pair_label_from_scores(a, b, 0.0)
+            if label in (LABEL_FIRST, LABEL_SECOND) and abs(rank(a) - rank(b)) <= self.rank_gap:
+                label = LABEL_TIE
+            out.append(label)
+        return out
 
 
 @dataclass
@@ -105,13 +155,16 @@ def score_captions(
             missing.append(key)
     for start in range(0, len(missing), chunk_size):
         chunk = missing[start:start + chunk_size]
-        prompts = [pointwise_messages(_modifier(skills, skill), text) for skill, text in chunk]
         t0 = time.perf_counter()
-        scores = backend.yes_no_scores(prompts)
+        if hasattr(backend, "score_texts"):  # scores caption texts itself (rules)
+            scores = backend.score_texts(chunk)
+        else:
+            scores = backend.yes_no_scores(
+                [pointwise_messages(_modifier(skills, skill), text) for skill, text in chunk])
         stats.llm_seconds += time.perf_counter() - t0
-        stats.llm_calls += len(prompts)
-        if len(scores) != len(prompts):
-            raise RuntimeError(f"{backend!r} returned {len(scores)} scores for {len(prompts)} prompts")
+        stats.llm_calls += len(chunk)
+        if len(scores) != len(chunk):
+            raise RuntimeError(f"{backend!r} returned {len(scores)} scores for {len(chunk)} prompts")
         for key, score in zip(chunk, scores):
             cache[key] = float(score)
     return [cache[key] for key in items]
@@ -124,7 +177,7 @@ def annotate_pairs(
     mode: str = "pointwise",
     *,
     score_cache: ScoreCache | None = None,
-    margin: float = 0.0,
+    tie_rule: TieRule = TieRule("margin"),
     stats: AnnotationStats | None = None,
     max_tokens: int = 1024,
     retry_max_tokens: int = 64,
@@ -134,8 +187,9 @@ def annotate_pairs(
     """One Preference per pair, in order.
 
     `skills` maps a skill name to its preference modifier. `score_cache` (pointwise) is read
-    and updated in place. `margin` (pointwise) is the score difference below which a pair is a
-    tie. `max_tokens`, `temperature` and `seed` apply to pairwise generation.
+    and updated in place; `tie_rule` (pointwise) decides which score pairs tie (ranks are
+    taken among the cache's scores of the pair's skill). `max_tokens`, `temperature` and
+    `seed` apply to pairwise generation.
     """
     if mode not in MODES:
         raise ValueError(f"unknown annotation mode {mode!r}; use one of {MODES}")
@@ -143,7 +197,7 @@ def annotate_pairs(
     for pair in pairs:  # fail before any LLM call on an unknown skill
         _modifier(skills, pair.skill)
     if mode == "pointwise":
-        labels = _pointwise_labels(backend, pairs, skills, score_cache, margin, stats)
+        labels = _pointwise_labels(backend, pairs, skills, score_cache, tie_rule, stats)
     else:
         labels = _pairwise_labels(
             backend, pairs, skills, stats, max_tokens, retry_max_tokens, temperature, seed
@@ -161,13 +215,24 @@ def annotate_pairs(
     return preferences
 
 
-def _pointwise_labels(backend, pairs, skills, score_cache, margin, stats) -> list[int]:
+def _pointwise_labels(backend, pairs, skills, score_cache, tie_rule: TieRule, stats) -> list[int]:
+    cache = score_cache if score_cache is not None else {}
     items = []
     for pair in pairs:
         items.append((pair.skill, pair.first.text))
         items.append((pair.skill, pair.second.text))
-    scores = score_captions(backend, items, skills, score_cache, stats)
-    return [pair_label_from_scores(scores[2 * i], scores[2 * i + 1], margin) for i in range(len(pairs))]
+    scores = score_captions(backend, items, skills, cache, stats)
+    by_skill: dict[str, list[int]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        by_skill[pair.skill].append(i)
+    labels = [LABEL_UNKNOWN] * len(pairs)
+    exact = bool(getattr(backend, "exact_scores", False))
+    for skill, rows in by_skill.items():
+        skill_scores = [v for (k, _), v in cache.items() if k == skill]
+        got = tie_rule.labels([(scores[2 * i], scores[2 * i + 1]) for i in rows], skill_scores, exact)
+        for i, label in zip(rows, got):
+            labels[i] = label
+    return labels
 
 
 def _pairwise_labels(backend, pairs, skills, stats, max_tokens, retry_max_tokens, temperature, seed) -> list[int]:

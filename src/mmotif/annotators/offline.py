@@ -49,6 +49,10 @@ def make_backend_from_config(cfg: RunConfig):
     from mmotif.annotators.backends import make_backend
 
     a = cfg.annotator
+    if a.backend == "rules":
+        from mmotif.annotators.rules import RulesBackend
+
+        return RulesBackend([s.name for s in cfg.skills], a.rules)
     if a.backend == "embedded":
         return make_backend("embedded", model=a.model, num_threads=a.threads, batch_size=a.batch_size,
                             cache_dir=cfg.paths.model_cache)
@@ -57,6 +61,13 @@ def make_backend_from_config(cfg: RunConfig):
             raise ValueError("annotator.backend is 'openai' but annotator.base_url is not set")
         return make_backend("openai", base_url=a.base_url, model=a.model)
     return make_backend("vllm", model=a.model, tensor_parallel_size=a.tensor_parallel_size, top_k=a.top_k)
+
+
+def tie_rule_from_config(cfg: RunConfig):
+    from mmotif.annotators.annotate import TieRule
+
+    a = cfg.annotator
+    return TieRule(a.tie_rule, rank_gap=a.tie_rank_gap, margin=a.tie_margin)
 
 
 def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_per_skill: int,
@@ -84,7 +95,7 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
                 if not pairs:
                     break  # every pair of these captions is labelled for this skill
                 prefs = annotate_pairs(backend, pairs, modifiers, cfg.annotator.mode, score_cache=cache,
-                                       margin=cfg.annotator.tie_margin, stats=stats,
+                                       tie_rule=tie_rule_from_config(cfg), stats=stats,
                                        max_tokens=cfg.annotator.max_tokens, temperature=cfg.annotator.temperature)
                 sampler.done(pairs)
                 new_labels += store.append(prefs)

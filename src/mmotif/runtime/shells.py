@@ -96,11 +96,12 @@ class AnnotatorActor:
 
     def __init__(self, config: dict):
         from mmotif.annotators.annotate import AnnotationStats
-        from mmotif.annotators.offline import make_backend_from_config
+        from mmotif.annotators.offline import make_backend_from_config, tie_rule_from_config
 
         cfg = _config(config)
         self.cfg = cfg
         self.backend = make_backend_from_config(cfg)
+        self.tie_rule = tie_rule_from_config(cfg)
         self.skills = {s.name: s.preference for s in cfg.skills}
         self.score_cache: dict = {}
         self.stats = AnnotationStats()
@@ -115,7 +116,7 @@ class AnnotatorActor:
         a = self.cfg.annotator
         t0 = time.perf_counter()
         prefs = annotate_pairs(self.backend, pairs, self.skills, a.mode, score_cache=self.score_cache,
-                               margin=a.tie_margin, stats=self.stats, max_tokens=a.max_tokens,
+                               tie_rule=self.tie_rule, stats=self.stats, max_tokens=a.max_tokens,
                                temperature=a.temperature)
         return prefs, {**self.stats.as_dict(), "seconds": time.perf_counter() - t0}
 

@@ -1,0 +1,75 @@
+"""The rule-based annotator (`annotator.backend: rules`): a control, never the default.
+
+It scores a caption for a skill by adding the weights of the events the caption shows
+(:mod:`mmotif.nethack.events`); a pair goes to the higher score, equal scores tie. Rules
+are data: `DEFAULT_RULES` for the paper's five skills, or `annotator.rules` in the config.
+Deterministic and instant, it separates "RL cannot learn what the labels say" from "the
+labels say nothing", and it is the fast backend for tests. It reads no skill description:
+what it favours is exactly what its weights say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from mmotif.annotators.backends.base import LLMBackend, Message
+from mmotif.nethack.events import EVENTS, text_events
+
+Rules = Mapping[str, Mapping[str, float]]  # skill -> event -> weight
+
+# Every skill avoids dying and angering the god (the prompts' god clause).
+_AVOID = {"death": -3.0, "god_angry": -3.0}
+DEFAULT_RULES: dict[str, dict[str, float]] = {
+    "discoverer": {"kill": 1.0, "gold_gain": 1.0, "hidden": 1.0, "level_up": 1.0,
+                   "descent": -2.0, "ascent": -2.0, **_AVOID},
+    "descender": {"descent": 3.0, "ascent": -2.0, **_AVOID},
+    "ascender": {"ascent": 3.0, "descent": -2.0, **_AVOID},
+    "worshipper": {"altar": 2.0, "prayer": -0.5, **_AVOID},
+    "merchant": {"shop": 2.0, "gold_gain": 0.5, **_AVOID},
+}
+RULES_VERSION = "rules-v1"  # bump when DEFAULT_RULES change: preferences record it
+
+
+def resolve_rules(skills: Sequence[str], overrides: Rules | None = None) -> dict[str, dict[str, float]]:
+    """Each skill's rules (overrides first, then defaults); a clear error for a skill with
+    none or for an event name the vocabulary does not have."""
+    overrides = overrides or {}
+    unknown_skills = sorted(set(overrides) - set(skills))
+    if unknown_skills:
+        raise ValueError(f"annotator.rules names skills that are not configured: {unknown_skills}")
+    out = {}
+    for skill in skills:
+        rules = overrides.get(skill, DEFAULT_RULES.get(skill))
+        if rules is None:
+            raise ValueError(f"annotator.backend is 'rules' but skill {skill!r} has no rules; give "
+                             f"annotator.rules.{skill} as {{event: weight}} with events from {EVENTS}")
+        bad = sorted(set(rules) - set(EVENTS))
+        if bad:
+            raise ValueError(f"annotator.rules.{skill}: unknown events {bad}; known: {EVENTS}")
+        out[skill] = {event: float(w) for event, w in rules.items()}
+    return out
+
+
+def rule_score(rules: Mapping[str, float], text: str) -> float:
+    return float(sum(rules.get(event, 0.0) for event in text_events(text)))
+
+
+class RulesBackend(LLMBackend):
+    """Scores captions by rules; plugs into `annotate_pairs` through `score_texts`."""
+
+    name = "rules"
+    exact_scores = True  # equal scores tie, different scores never do (no tie margin)
+
+    def __init__(self, skills: Sequence[str], rules: Rules | None = None):
+        self.rules = resolve_rules(skills, rules)
+        self.model = RULES_VERSION if not rules else f"{RULES_VERSION}+config"
+
+    def score_texts(self, items: Sequence[tuple[str, str]]) -> list[float]:
+        """One score per (skill, caption text)."""
+        return [rule_score(self.rules[skill], text) for skill, text in items]
+
+    def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:
+        raise NotImplementedError("the rules backend scores caption texts (score_texts), not prompts")
+
+    def chat(self, messages_batch, max_tokens=512, temperature=0.0, top_p=1.0, seed=None) -> list[str]:
+        raise NotImplementedError("the rules backend has no chat; use annotator.mode: pointwise")

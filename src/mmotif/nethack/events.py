@@ -1,0 +1,60 @@
+"""Game events named from a caption: what happened over its stretch of play.
+
+One vocabulary for everything that needs to know *what* a caption shows without an LLM:
+the rules annotator (labels), the pair sampler (strata of rare moments) and the annotator
+quality bench (targets). Events are read from the caption text alone, exactly as the LLM
+reads it: the current message and the state-change lines that `mmotif.nethack.captions`
+writes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mmotif.contract import Caption
+
+# Message patterns, matched on the current message (NetHack's own wording).
+MESSAGE_EVENTS: dict[str, re.Pattern] = {
+    "death": re.compile(r"You die\.\.\."),
+    "kill": re.compile(r"\bYou (kill|destroy)\b"),
+    "hidden": re.compile(r"\bYou find a hidden\b"),
+    "altar": re.compile(r"\baltar\b|\b(amber|black) flash\b"),
+    "shop": re.compile(r"\bshopkeeper\b|\bWelcome to\b|\bzorkmids?\b|\boffers \d+ gold\b"
+                       r"|\b[Ss]ell it\b|\bYou sold\b|\bfor sale\b|\bYou owe\b"),
+    "prayer": re.compile(r"\bYou begin praying\b|\bYou finish your prayer\b"),
+    "god_angry": re.compile(r"\bThou hast angered me\b|\bis displeased\b|\bthunder\b|\bbooming\b",
+                            re.IGNORECASE),
+}
+# State-change lines, matched on the caption text (see captions.caption_text).
+CHANGE_EVENTS: dict[str, str] = {
+    "gold_gain": "The gold went up",
+    "gold_loss": "The gold went down",
+    "level_up": "The experience level went up",
+    "hp_loss": "The HP went down",
+}
+LEVEL_EVENTS = {"descent": "The dungeon level went down", "ascent": "The dungeon level went up"}
+# "message": some other message; "nothing": no message and no change at all.
+EVENTS = (*LEVEL_EVENTS, *MESSAGE_EVENTS, *CHANGE_EVENTS, "message", "nothing")
+
+
+_CURRENT_MESSAGE = re.compile(r'and the current message is "(.*)"$', re.MULTILINE)
+
+
+def current_message(text: str) -> str:
+    """The current message of a caption text ("" when the text is not a caption)."""
+    found = _CURRENT_MESSAGE.search(text)
+    return found.group(1) if found else ""
+
+
+def text_events(text: str) -> frozenset[str]:
+    """The events of one caption text (never empty: "message" or "nothing" when no other)."""
+    message = current_message(text)
+    found = {name for name, line in (*LEVEL_EVENTS.items(), *CHANGE_EVENTS.items()) if line in text}
+    found.update(name for name, pattern in MESSAGE_EVENTS.items() if pattern.search(message))
+    if not found:
+        found.add("message" if message.strip() else "nothing")
+    return frozenset(found)
+
+
+def caption_events(caption: Caption) -> frozenset[str]:
+    return text_events(caption.text)

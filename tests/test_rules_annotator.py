@@ -1,0 +1,116 @@
+"""The rule-based control annotator and the rank tie rule, on real rollout captions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmotif.annotators.annotate import TieRule, annotate_pairs
+from mmotif.annotators.examples import Moment
+from mmotif.annotators.offline import make_backend_from_config
+from mmotif.annotators.rules import DEFAULT_RULES, RulesBackend
+from mmotif.config import ConfigError, load_config
+from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, CaptionPair
+from mmotif.nethack import actions as A
+from mmotif.nethack.events import caption_events, text_events
+from mmotif.skills.build import make_vector_env
+from mmotif.skills.specs import PAPER_SKILLS
+
+SKILLS = {s.name: s.preference for s in PAPER_SKILLS}
+
+
+@pytest.fixture(scope="module")
+def rollout_captions():
+    """Captions of real games (random actions under the exploration policy)."""
+    cfg = load_config(preset_name="local", overrides={"env": {"caption_rate": 0.05, "caption_gap": 20}})
+    venv = make_vector_env(cfg, 4, seed=11)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        venv.step(rng.integers(A.NUM_ACTIONS, size=4))
+    captions = venv.pop_captions()
+    venv.close()
+    assert len(captions) > 200
+    return captions
+
+
+def test_events_read_the_caption_text():
+    descent = Moment("You descend the stairs.", depth=(1, 2)).caption()
+    death = Moment("You die...", hp=(14, 3)).caption()
+    kill_gold = Moment("You kill the newt!", gold=(0, 5)).caption()
+    assert caption_events(descent) == {"descent"}
+    assert {"death", "hp_loss"} <= caption_events(death)
+    assert caption_events(kill_gold) == {"kill", "gold_gain"}
+    assert text_events(Moment("").caption().text) == {"nothing"}
+    assert text_events(Moment("It's a wall.").caption().text) == {"message"}
+
+
+def test_rules_label_each_skills_target_event_above_a_neutral_moment():
+    backend = RulesBackend(list(SKILLS))
+    neutral = Moment("It's a wall.").caption()
+    targets = {
+        "descender": Moment("You descend the stairs.", depth=(1, 2)).caption(),
+        "ascender": Moment("You climb up the stairs.", depth=(2, 1)).caption(),
+        "discoverer": Moment("You kill the newt!").caption(),
+        "worshipper": Moment("There is an altar to Chih Sung-tzu (lawful) here.").caption(),
+        "merchant": Moment("Asidonhopo offers 5 gold pieces for your ring.  Sell it? [ynaq] (y)").caption(),
+    }
+    pairs = [CaptionPair(skill, target, neutral) for skill, target in targets.items()]
+    pairs += [CaptionPair(skill, neutral, target) for skill, target in targets.items()]
+    labels = [p.label for p in annotate_pairs(backend, pairs, SKILLS, "pointwise", score_cache={})]
+    assert labels == [LABEL_FIRST] * 5 + [LABEL_SECOND] * 5
+    tie = annotate_pairs(backend, [CaptionPair("descender", neutral, Moment("").caption())], SKILLS)
+    assert tie[0].label == LABEL_TIE
+    assert tie[0].backend == "rules"
+
+
+def test_rules_labels_on_real_captions_are_deterministic_and_follow_the_events(rollout_captions):
+    backend = RulesBackend(list(SKILLS))
+    rng = np.random.default_rng(1)
+    idx = rng.integers(len(rollout_captions), size=(300, 2))
+    pairs = [CaptionPair("discoverer", rollout_captions[i], rollout_captions[j]) for i, j in idx]
+    first = [p.label for p in annotate_pairs(backend, pairs, SKILLS, score_cache={})]
+    again = [p.label for p in annotate_pairs(backend, pairs, SKILLS, score_cache={})]
+    assert first == again
+    rules = DEFAULT_RULES["discoverer"]
+    for pair, label in zip(pairs, first):
+        a, b = (sum(rules.get(e, 0) for e in caption_events(c)) for c in (pair.first, pair.second))
+        assert label == (LABEL_TIE if a == b else LABEL_FIRST if a > b else LABEL_SECOND)
+    assert LABEL_FIRST in first and LABEL_SECOND in first  # real games hold kills, gold, deaths
+
+
+def test_rules_backend_from_config_and_its_errors():
+    cfg = load_config(preset_name="local", overrides={"annotator": {"backend": "rules"}})
+    assert isinstance(make_backend_from_config(cfg), RulesBackend)
+    custom = [{"name": "digger", "description": "digs", "preference": "dig down"}]
+    with pytest.raises(ConfigError, match="digger.*has no rules"):
+        load_config(preset_name="local", overrides={"annotator": {"backend": "rules"}, "skills": custom})
+    with pytest.raises(ConfigError, match="unknown events"):
+        load_config(preset_name="local", overrides={
+            "annotator": {"backend": "rules", "rules": {"descender": {"teleport": 1.0}}}})
+    cfg = load_config(preset_name="local", overrides={
+        "annotator": {"backend": "rules", "rules": {"digger": {"descent": 1.0}}}, "skills": custom})
+    assert make_backend_from_config(cfg).rules == {"digger": {"descent": 1.0}}
+
+
+def test_rank_rule_sets_the_tie_share_whatever_the_score_range(rollout_captions):
+    """A model whose scores span a fraction of a log-odd (the 0.5B on real captions) ties
+    every pair under an absolute margin of 0.5, and about 2g - g^2 of them by rank."""
+    texts = list(dict.fromkeys(c.text for c in rollout_captions))
+    by_text = {c.text: c for c in rollout_captions}
+    rng = np.random.default_rng(2)
+    narrow = {("descender", t): -1.3 + 0.45 * rng.random() for t in texts}  # -1.3 .. -0.85
+    idx = rng.integers(len(texts), size=(2000, 2))
+    pairs = [CaptionPair("descender", by_text[texts[i]], by_text[texts[j]]) for i, j in idx if i != j]
+
+    class Cached:  # every score is in the cache: no model is called
+        name, model = "cached", "scores"
+
+    def tie_share(rule):
+        labels = [p.label for p in annotate_pairs(Cached(), pairs, SKILLS, score_cache=dict(narrow), tie_rule=rule)]
+        return labels.count(LABEL_TIE) / len(labels)
+
+    assert tie_share(TieRule("margin", margin=0.5)) == 1.0
+    share = tie_share(TieRule("rank", rank_gap=0.1))
+    assert 0.14 < share < 0.25, share
+    assert tie_share(TieRule("rank", rank_gap=0.0)) == 0.0
