@@ -146,11 +146,13 @@ class Learner:
             "updates": self.updates,
             "batches_dropped_for_lag": self.batches_dropped_for_lag,
             "reward_model_version": self.reward_version,
+            # only tensors and plain Python values: checkpoints are read with
+            # torch.load(weights_only=True), which refuses numpy (or any other) objects
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
+                "numpy": _numpy_rng_state(),
+                "python": random.getstate(),  # (version, tuple of ints, gauss_next): plain values
             },
         }
 
@@ -165,8 +167,24 @@ class Learner:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        _set_numpy_rng_state(rng["numpy"])
+        random.setstate(tuple(rng["python"]))
+
+
+def _numpy_rng_state() -> dict:
+    """numpy's global MT19937 state with its key as an int64 tensor (not an ndarray)."""
+    state = np.random.get_state(legacy=False)
+    key = torch.from_numpy(state["state"]["key"].astype(np.int64))
+    return {"bit_generator": state["bit_generator"], "state": {"key": key, "pos": int(state["state"]["pos"])},
+            "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def _set_numpy_rng_state(state) -> None:
+    if isinstance(state, dict):
+        key = state["state"]["key"]
+        key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+        state = {**state, "state": {**state["state"], "key": key.astype(np.uint32)}}
+    np.random.set_state(state)  # a dict, or the legacy tuple of checkpoints before the dict form
 
 
 def _to_cpu(obj):

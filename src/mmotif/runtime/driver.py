@@ -11,6 +11,7 @@ version that produced them and learner stats the reward-model version that score
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from mmotif.annotators.offline import append_captions
 from mmotif.annotators.sampler import PairSampler
 from mmotif.config import RunConfig
 from mmotif.rewards.store import PreferenceStore
-from mmotif.runtime.checkpoint import load_checkpoint, save_checkpoint
+from mmotif.runtime.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from mmotif.runtime.cluster import (
     LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, new_rollout_actors,
     plan_actors, rollout_actor_options,
@@ -37,10 +38,13 @@ from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress
 from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
+from mmotif.skills.competence import CompetenceTally, WindowTally, metric_values
 
 log = logging.getLogger("mmotif")
 
 GROWTH_CHECK_S = 10.0  # how often a run with `actors.num_actors: auto` looks for new CPUs
+COMPETENCE_WINDOW_STEPS = 200_000  # env steps of recent episodes behind `competence_recent/`
+BASELINE_WAIT_S = 120.0  # at the end, how long the report waits for the random baseline
 
 
 class TrainingStopped(RuntimeError):
@@ -68,6 +72,8 @@ class Driver:
         self.cfg = cfg
         self.run_dir = Path(cfg.paths.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:  # refuse a config that cannot continue the run before overwriting its config.yaml
+            check_resumable(self.run_dir, cfg)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.resume = resume
         self.with_annotation = with_annotation and cfg.annotator.num_annotators != 0
@@ -167,6 +173,7 @@ class Driver:
         elif self.cfg.reward.models is not None:
             self._start_from_reward_models(Path(self.cfg.reward.models))
         self.progress = Progress(names)
+        self._start_competence()
         # Ctrl-C stops the run cleanly; Python lets only the main thread set signal handlers,
         # so a run started from another thread (a notebook, a test) goes without one
         in_main = threading.current_thread() is threading.main_thread()
@@ -185,6 +192,7 @@ class Driver:
             self._release_actors()
         summary = self._summary(status)
         try:
+            self._poll_random_baseline(wait_s=0.0 if self._stop_requested else BASELINE_WAIT_S)
             if self.cfg.evaluation.tasks and not self._stop_requested:
                 summary["evaluation"] = self._evaluate()
         finally:
@@ -355,17 +363,77 @@ class Driver:
         return stats
 
     def _record_rollout_side(self, side_log) -> None:
-        """A rollout's finished episodes and sampled captions."""
+        """A rollout's finished episodes and sampled captions. The episodes' competence
+        counts (mmotif.skills.competence) become events per 1,000 steps of the acting skill:
+        `competence/<skill>:<event>` over this process's run, `competence_recent/...` over
+        the latest COMPETENCE_WINDOW_STEPS env steps of finished episodes."""
         episodes, captions = side_log
         self.sampler.add_captions(captions)
         append_captions(self.run_dir / "captions.jsonl", captions)
         if episodes:
             self.counters.episodes += len(episodes)
+            for episode in episodes:
+                self._competence.add_episode(episode)
+                self._competence_recent.add_episode(episode)
             self.metrics.record(self.counters.env_steps, {
                 "episode_length": float(np.mean([e["episode_steps"] for e in episodes])),
                 "skill_switches": float(np.mean([e["skill_switches"] for e in episodes])),
                 "episodes_total": self.counters.episodes,
+                **metric_values(self._competence.rates(), "competence"),
+                **metric_values(self._competence_recent.rates(), "competence_recent"),
             })
+        self._poll_random_baseline()
+
+    # -- competence yardstick ---------------------------------------------------------------
+    _baseline_ref = None  # the random baseline's Ray task while it runs
+
+    def _start_competence(self) -> None:
+        """Competence tallies, and the random-action baseline of this config: from the cache
+        at once, else measured in a 0-CPU Ray task beside the training (a few seconds) and
+        recorded when it arrives (`_poll_random_baseline`); the run never waits for it
+        except, briefly, before the report."""
+        from mmotif.skills.baseline import load_cached, remote_random_baseline
+
+        self._competence, self._competence_recent = CompetenceTally(), WindowTally(COMPETENCE_WINDOW_STEPS)
+        self._baseline_ref = None
+        try:
+            found = load_cached(self.cfg)
+            if found is not None:
+                self._publish_random_baseline({**found, "cached": True})
+            else:
+                self._baseline_ref = remote_random_baseline(self.cfg)
+        except Exception as err:  # the yardstick never stops a run
+            log.warning("no random competence baseline: %s", err)
+
+    def _poll_random_baseline(self, wait_s: float = 0.0) -> None:
+        ref = self._baseline_ref
+        if ref is None:
+            return
+        if not ray.wait([ref], timeout=wait_s)[0]:
+            if wait_s > 0:
+                log.warning("the random competence baseline took over %.0f s; the report goes without it", wait_s)
+                ray.cancel(ref, force=True)
+                self._baseline_ref = None
+            return
+        self._baseline_ref = None
+        try:
+            from mmotif.skills.baseline import save_cached
+
+            result = ray.get(ref)
+            save_cached(self.cfg, result)
+        except Exception as err:  # the yardstick never stops a run
+            log.warning("no random competence baseline: %s", str(err).strip().splitlines()[-1][:300])
+            return
+        self._publish_random_baseline({**result, "cached": False})
+
+    def _publish_random_baseline(self, result: dict) -> None:
+        """`competence_random/<skill>:<event>` for the skills the schedule activated in the
+        random games, `competence_random_any/...` over all random steps; and the JSON."""
+        (self.run_dir / "competence_random.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        self.metrics.record(self.counters.env_steps, {
+            **metric_values(result.get("rates", {}), "competence_random"),
+            **metric_values(result.get("rates_any_skill", {}), "competence_random_any"),
+        })
 
     # -- annotation and reward models -----------------------------------------------------
     def _pump_annotation(self, calls: dict) -> None:
