@@ -62,7 +62,7 @@ ANSWERS = [
         '("best_description": 1)',
         FIRST,
     ),
-    # the first match wins, even when the model later repeats the options
+    # the conclusion wins; options repeated afterwards as a list are not answers
     ('("best_description": 2)\nThe options were ("best_description": 1) or None.', SECOND),
 ]
 
@@ -119,7 +119,7 @@ def test_retry_turn_extends_the_conversation():
     assert extended[:2] == conversation
     assert extended[2] == {"role": "assistant", "content": "I cannot decide"}
     assert extended[3] == {"role": "user", "content": RETRY_PROMPT}
-    assert parse_answer(RETRY_PROMPT) == FIRST  # the retry text itself lists the forms, 1 first
+    assert parse_answer(RETRY_PROMPT) is None  # the retry text only lists the forms: no answer
 
 
 def test_pointwise_prompt_puts_the_shared_part_first():
@@ -150,3 +150,22 @@ def test_prompt_version_names_the_mode():
     assert prompt_version("pointwise") == f"pointwise-v{PROMPT_VERSION}"
     with pytest.raises(ValueError):
         prompt_version("listwise")
+
+
+def test_parsing_is_linear_time_on_hostile_answers():
+    import time
+
+    hostile = ["best_description" + " " * 200_000 + "x",
+               ("best_description " * 20_000) + "!",
+               "best_description:" + " \"'*" * 50_000 + "maybe"]
+    t0 = time.perf_counter()
+    for text in hostile:
+        assert parse_answer(text) is None
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_conclusion_wins_over_a_restated_format():
+    answer = ('I must answer ("best_description": 1) or ("best_description": 2). Description 2 '
+              'shows the descent, so ("best_description": 2)')
+    assert parse_answer(answer) == SECOND
+    assert parse_answer('("best_description": 1) ... on reflection, best_description: None') == TIE
