@@ -216,3 +216,17 @@ def test_sigkill_mid_append_leaves_only_whole_batches(tmp_path, mode):
         assert store.count() >= n_before + 2 * (size - 1)
         new = store.preferences("s", after_rowid=cursor)
         assert new[0].prompt_version == f"batch-{nxt}"
+
+
+def test_tie_shares_count_ties_among_known_labels_per_skill(tmp_path):
+    from mmotif.contract import LABEL_TIE, LABEL_UNKNOWN
+    from mmotif.runtime.progress import ties_text
+
+    with PreferenceStore(tmp_path / "p.sqlite") as store:
+        store.append([pref("descender", "a", "b", LABEL_TIE), pref("descender", "a", "c", LABEL_TIE),
+                      pref("descender", "b", "c", 0), pref("descender", "c", "d", LABEL_UNKNOWN),
+                      pref("merchant", "a", "b", 1)])
+        shares = store.tie_shares()
+    assert shares == {"descender": (2, 3), "merchant": (0, 1)}
+    assert ties_text(shares) == " (ties 50%, most desc 67%)"
+    assert ties_text({}) == ""

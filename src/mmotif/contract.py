@@ -130,6 +130,8 @@ class RewardModelVersion:
     n_labels: tuple[int, ...]  # labels each skill's model was trained on (0: constant reward)
     val_accuracy: tuple[float | None, ...]  # held-out accuracy on non-tie pairs, None if unknown
     created_at: float  # unix time
+    # (mean target probe - neutral probe) / std per skill, None without probes (rewards.probes)
+    probe_margins: tuple[float | None, ...] = ()
 
 
 # What the reward models read of the observation that followed an action.

@@ -135,4 +135,5 @@ def train_rewards(cfg: RunConfig, store_path: Path, root: Path) -> dict:
         return {"published": None, "note": "no skill had enough new labels to retrain"}
     return {"published": record.version, "path": record.path,
             "validation_accuracy": dict(zip(record.skills, record.val_accuracy)),
+            "probe_margins": dict(zip(record.skills, record.probe_margins)),
             "labels": dict(zip(record.skills, record.n_labels))}

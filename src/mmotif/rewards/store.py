@@ -186,6 +186,14 @@ class PreferenceStore:
             return dict(self._conn.execute(
                 "SELECT skill, COUNT(*) FROM preferences GROUP BY skill ORDER BY skill").fetchall())
 
+    def tie_shares(self) -> dict[str, tuple[int, int]]:
+        """(ties, known labels) per skill; LABEL_UNKNOWN rows are neither."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT skill, SUM(label = ?), SUM(label != ?) FROM preferences GROUP BY skill ORDER BY skill",
+                (LABEL_TIE, LABEL_UNKNOWN)).fetchall()
+        return {skill: (int(ties or 0), int(known or 0)) for skill, ties, known in rows}
+
     def cursor(self) -> int:
         """Largest row id stored so far (0 when empty): pass it as `after_rowid` to resume."""
         with self._lock:

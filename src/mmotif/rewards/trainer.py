@@ -7,10 +7,12 @@ The plain core of the `RewardTrainerActor` Ray shell (`mmotif.runtime.shells`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from mmotif.config import RunConfig
 from mmotif.contract import RewardModelVersion
+from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.store import PreferenceStore
 from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
 from mmotif.rewards.versions import RewardModelSet, SkillReward, latest_version, load, publish
@@ -54,9 +56,10 @@ class RewardTrainer:
         self.retrains += 1
         if not changed:
             return None
-        record = publish(self.root, entries, extra={"labels_in_store": total})
+        margins = probe_margins(RewardModelSet(entries), self.cfg.skills)
+        record = publish(self.root, entries, extra={"labels_in_store": total, "probe_margins": margins})
         self.current = load(self.root, record.version, skills=self.skills)
-        return record
+        return dataclasses.replace(record, probe_margins=tuple(margins[s] for s in self.skills))
 
     def _retrain_skill(self, skill: str, previous: SkillReward) -> SkillReward:
         prefs = list(self.store.iter_preferences(skill))

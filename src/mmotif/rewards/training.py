@@ -272,8 +272,9 @@ def train_reward_model(preferences: Iterable[Preference],
         for start in range(0, n_train, cfg.batch_size):
             b = order[start:start + cfg.batch_size].to(device)
             pb = pairs_d[b]
-            flat = pb.reshape(-1)
-            scores = model(msg[flat], diff[flat]).view(-1, 2)
+            # each distinct caption of the batch is encoded once (pairs share captions a lot)
+            used, where = torch.unique(pb.reshape(-1), return_inverse=True)
+            scores = model(msg[used], diff[used])[where].view(-1, 2)
             loss = bradley_terry_loss(scores[:, 0], scores[:, 1], targets_d[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -36,4 +36,16 @@ class Progress:
         versions = counters.reward_versions[-1] if counters.reward_versions else "const"
         return (f"steps {counters.env_steps:,}  {stats.get('env_steps_per_second', 0):,.0f}/s  "
                 f"policy v{stats.get('policy_version', 0)}  reward v{versions}  "
-                f"labels {counters.labels:,}  episodes {counters.episodes:,}  r[{rewards}]")
+                f"labels {counters.labels:,}{ties_text(counters.tie_shares)}  "
+                f"episodes {counters.episodes:,}  r[{rewards}]")
+
+
+def ties_text(shares: dict) -> str:
+    """" (ties 18%, most desc 40%)": the overall tie share and the skill with the most ties."""
+    known = {skill: (t, k) for skill, (t, k) in shares.items() if k}
+    if not known:
+        return ""
+    overall = sum(t for t, _ in known.values()) / sum(k for _, k in known.values())
+    worst = max(known, key=lambda skill: known[skill][0] / known[skill][1])
+    t, k = known[worst]
+    return f" (ties {overall:.0%}, most {worst[:4]} {t / k:.0%})"

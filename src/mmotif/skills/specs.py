@@ -10,6 +10,18 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class Probe(BaseModel):
+    """One canonical reward-model input: what the reward model reads of an observation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: str = Field("", max_length=256)
+    depth_change: int = Field(0, ge=-1, le=1, description="+1 deeper, -1 shallower, 0 same level")
+
+
+NEUTRAL_STEP = Probe()  # no message, same level: most steps of every game
+
+
 class SkillSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -22,6 +34,10 @@ class SkillSpec(BaseModel):
     threshold_quantile: float = Field(
         0.85, gt=0.0, lt=1.0, description="reward threshold quantile for RL (§4.6)"
     )
+    probes: tuple[Probe, ...] = Field(
+        (), description="canonical inputs of the skill's target events; every reward-model version "
+                        "is scored on them against `neutral_probe` (mmotif.rewards.probes)")
+    neutral_probe: Probe = NEUTRAL_STEP
 
 
 PAPER_SKILLS: tuple[SkillSpec, ...] = (
@@ -34,6 +50,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "whether going down or up, is firmly undesirable."
         ),
         threshold_quantile=0.95,
+        probes=(Probe(message="You kill the newt!"), Probe(message="You find a hidden passage."),
+                Probe(message="$ - 12 gold pieces.")),
     ),
     SkillSpec(
         name="descender",
@@ -42,6 +60,7 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "Progress means going deeper into the dungeon, and it is urgent. Remaining on "
             "the same level is strongly undesirable, and going up is worse still."
         ),
+        probes=(Probe(message="You descend the stairs.", depth_change=1), Probe(depth_change=1)),
     ),
     SkillSpec(
         name="ascender",
@@ -50,6 +69,7 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "The only progress is successfully climbing up one level. Remaining on the same "
             "level is strongly undesirable, whatever else happens."
         ),
+        probes=(Probe(message="You climb up the stairs.", depth_change=-1), Probe(depth_change=-1)),
     ),
     SkillSpec(
         name="worshipper",
@@ -59,6 +79,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "or blessed, rather than praying or trying to please the god."
         ),
         has_precondition=True,
+        probes=(Probe(message="There is an altar to Chih Sung-tzu (lawful) here."),
+                Probe(message="There is a black flash as a ring hits the altar.")),
     ),
     SkillSpec(
         name="merchant",
@@ -68,6 +90,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "Never steal from a shop."
         ),
         has_precondition=True,
+        probes=(Probe(message="Asidonhopo offers 6 gold pieces for your ring.  Sell it? [ynaq] (y)"),
+                Probe(message="Hello, Agent!  Welcome to Asidonhopo's general store!")),
     ),
 )
 
