@@ -46,6 +46,10 @@ class AnnotatorConfig(_Section):
     pairs_per_call: int = Field(
         64, gt=0, description="caption pairs per annotator call (pointwise: pairs of already "
                               "scored captions cost no LLM call)")
+    pair_stratum_alpha: float = Field(
+        0.3, ge=0.0, le=1.0, description="pair sampling: a pair's first caption comes from an event stratum "
+        "drawn with weight (stratum size)**alpha: 1 is uniform over captions, 0 uniform over strata "
+        "(rare moments: level changes, shop, altar, kills, deaths)")
     tie_rule: Literal["rank", "margin"] = Field(
         "rank", description="pointwise: a pair ties when its two captions' score ranks among the skill's "
         "scored captions differ by at most tie_rank_gap (rank), or their scores by tie_margin (margin)")

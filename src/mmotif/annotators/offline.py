@@ -85,7 +85,8 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
     stats, cache = AnnotationStats(), {}
     new_labels, t0 = 0, time.perf_counter()
     with PreferenceStore(store_path) as store:
-        sampler = PairSampler(list(modifiers), store.has_pair, seed=cfg.seed)
+        sampler = PairSampler(list(modifiers), store.has_pair, seed=cfg.seed,
+                              stratum_alpha=cfg.annotator.pair_stratum_alpha)
         sampler.add_captions(captions)
         total = pairs_per_skill * len(modifiers)
         for skill in modifiers:
