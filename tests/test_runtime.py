@@ -63,6 +63,7 @@ def test_short_run_trains_and_checkpoints(tmp_path, ray_local):
     changed = [k for k in fresh if not torch.equal(fresh[k], learner_state["net"][k])]
     assert changed, "training changed no weight"
     assert driver_state["env_steps"] == learner_state["env_steps"] > 0
+    assert (run_dir / "report" / "competence.png").is_file() and (run_dir / "competence_random.json").is_file()
 
 
 def test_reward_version_published_mid_run_is_used(tmp_path, ray_local):

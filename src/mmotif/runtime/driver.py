@@ -45,6 +45,8 @@ log = logging.getLogger("mmotif")
 GROWTH_CHECK_S = 10.0  # how often a run with `actors.num_actors: auto` looks for new CPUs
 COMPETENCE_WINDOW_STEPS = 200_000  # env steps of recent episodes behind `competence_recent/`
 BASELINE_WAIT_S = 120.0  # at the end, how long the report waits for the random baseline
+TIE_WARNING_SHARE = 0.9  # a skill whose labels are mostly ties teaches its reward model nothing
+TIE_WARNING_MIN_LABELS = 200
 
 
 class TrainingStopped(RuntimeError):
@@ -58,6 +60,7 @@ class RunCounters:
     env_steps: int = 0
     batches_dropped_for_lag: int = 0
     labels: int = 0
+    tie_shares: dict = field(default_factory=dict)  # skill -> (ties, known labels), from the store
     label_seconds: float = 0.0
     parse_failures: int = 0
     reward_versions: list = field(default_factory=list)
@@ -165,7 +168,10 @@ class Driver:
         self._place_actors(learner_state)
         self.store = PreferenceStore(self.store_path)
         names = [s.name for s in self.cfg.skills]
-        self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed)
+        self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed,
+                                   stratum_alpha=self.cfg.annotator.pair_stratum_alpha)
+        self.counters.tie_shares = self.store.tie_shares()
+        self._warned_ties: set[str] = set()
         self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir)
         if driver_state:
@@ -457,6 +463,7 @@ class Driver:
             self.counters.label_seconds += stats.get("seconds", 0.0)
             self.metrics.record(self.counters.env_steps, {
                 **{f"labels_total/{s}": n for s, n in self.store.counts_by_skill().items()},
+                **self._tie_share_metrics(),
                 "labels_per_second": self.counters.labels / max(self.counters.label_seconds, 1e-9),
                 "dedup_hit_rate": self.sampler.stats.dedup_hit_rate,
                 "annotator_cache_hit_rate": stats.get("cache_hit_rate", 0.0),
@@ -478,6 +485,21 @@ class Driver:
             if pairs:
                 calls[annotator.annotate.remote(pairs)] = (annotator, pairs)
 
+    def _tie_share_metrics(self) -> dict:
+        """Tie share per skill and overall, informative (non-tie) labels; warns once per skill
+        whose labels stay mostly ties (its reward model would learn nothing)."""
+        shares = self.counters.tie_shares = self.store.tie_shares()
+        ties, known = sum(t for t, _ in shares.values()), sum(k for _, k in shares.values())
+        out = {"tie_share": ties / known if known else 0.0, "informative_labels_total": known - ties}
+        for skill, (t, k) in shares.items():
+            out[f"tie_share/{skill}"] = t / k if k else 0.0
+            if (k >= TIE_WARNING_MIN_LABELS and t / k > TIE_WARNING_SHARE
+                    and skill not in self._warned_ties):
+                self._warned_ties.add(skill)
+                log.warning("%.0f%% of the %d labels of skill %s are ties: its reward model learns "
+                            "almost nothing (check annotator.tie_rule / the model)", 100 * t / k, k, skill)
+        return out
+
     def _next_skill_to_label(self) -> str:
         counts = self.store.counts_by_skill()
         return min((s.name for s in self.cfg.skills), key=lambda name: counts.get(name, 0))
@@ -495,6 +517,8 @@ class Driver:
                     "reward_model_version": record.version,
                     **{f"reward_model_accuracy/{s}": acc for s, acc in zip(record.skills, record.val_accuracy)
                        if acc is not None},
+                    **{f"reward_probe_margin/{s}": m for s, m in zip(record.skills, record.probe_margins)
+                       if m is not None},
                 })
         return self.reward_trainer.maybe_retrain.remote()
 

@@ -3,7 +3,8 @@
 Every env step: play the action, update the Mines-branch knowledge, evaluate the
 initiation functions, ask the code policy whether the active skill terminates and, if so,
 which skill runs next. The observation carries the active skill (id and one-hot); `info`
-carries the bookkeeping (switches, depth, branch, per-skill steps).
+carries the bookkeeping (switches, depth, branch, per-skill steps, and `competence`: the
+per-skill outcome events of mmotif.skills.competence, credited to the skill that acted).
 
 Timing (a deliberate choice, see contract.py): `diffstats` of an observation is the sign
 of the depth change since the start of the skill that chose the previous action, so the
@@ -34,6 +35,7 @@ from mmotif.nethack.features import (
 )
 from mmotif.nethack.game import NetHackGame
 from mmotif.skills.code_policy import CodePolicy, CodePolicyError, SurroundingsView
+from mmotif.skills.competence import CompetenceCounter
 from mmotif.skills.specs import SkillSet
 
 UNKNOWN_BRANCH = -2
@@ -97,6 +99,7 @@ class SkillEnv(gym.Env):
         self.captions: list[Caption] = []
         self._snapshots: deque = deque()
         self.stats = EpisodeStats()
+        self.competence = CompetenceCounter(len(skills))  # per-skill outcome events (competence.py)
         self.task = task              # optional evaluation hook (see the module docstring)
 
     # -- gym API -------------------------------------------------------------------
@@ -131,6 +134,7 @@ class SkillEnv(gym.Env):
         self._skill = self._checked_skill(self._call(self.policy.new_episode, self._names[0]))
         self.policy.set_attribute("branch_depth", UNKNOWN_BRANCH)
         bl = self._bl = self.game.blstats.tolist()
+        self.competence.reset(bl, self.game.glyphs)
         self._start_time, self._start_depth = bl[BL_TIME], bl[BL_DEPTH]
         self._acting_start_depth = self._start_depth
         self._score0 = bl[BL_SCORE]
@@ -142,7 +146,8 @@ class SkillEnv(gym.Env):
     def advance(self, action: int) -> tuple[float, bool, bool]:
         """Play one action and run the skill machinery. Returns (reward, terminated, truncated)."""
         game, stats = self.game, self.stats
-        stats.skill_steps[self.skill_id] += 1
+        acting = self._skill_id  # the skill that chose this action (before any switch below)
+        stats.skill_steps[acting] += 1
         terminated = game.step(action)
         stats.steps += 1
         truncated = not terminated and stats.steps >= self.max_episode_steps
@@ -154,7 +159,9 @@ class SkillEnv(gym.Env):
         stats.score = score - self._score0
         stats.max_depth = max(stats.max_depth, depth)
         stats.entered_mines |= dnum == MINES_DNUM
-        self._msg_count = self.messages.add(game.message_bytes())
+        message = game.message_bytes()
+        self._msg_count = self.messages.add(message)
+        self.competence.update(acting, bl, message, game.glyphs, not terminated)
         self.inventory.update(game.inv_letters, game.inv_oclasses, game.starting_letters)
         self._acting_start_depth = self._start_depth
         if stats.branch_depth == UNKNOWN_BRANCH and dnum == 0 and 2 <= depth <= 4:
@@ -201,6 +208,7 @@ class SkillEnv(gym.Env):
             "episode_steps": s.steps,
             "score": s.score,
             "skill_steps": dict(zip(self._names, s.skill_steps)),
+            "competence": self.competence.summary(self._names),  # {skill: {event: count}}
         }
 
     def pop_captions(self) -> list[Caption]:
