@@ -5,32 +5,81 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from mmotif.config import PRESETS, ConfigError, RunConfig, load_config, with_overrides
+import yaml
+
+from mmotif.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    config_diff,
+    preset,
+    resolve_config,
+    with_overrides,
+)
+
+# Heavy modules (torch, nle) are imported inside the commands, and only the chosen
+# command's arguments are built from them: `mmotif --help` stays fast.
+
+SET_HELP = ("PATH=VALUE: set one field after the preset and --config, e.g. --set learner.lr=1e-3 "
+            "--set actors.num_actors=auto --set 'evaluation.tasks=[gnomish]'; VALUE is read as "
+            "YAML, typed by the field; repeatable")
+
+
+def _add_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help=SET_HELP)
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="run config YAML (merged over the preset)")
+    p.add_argument("--config", type=Path,
+                   help="run config YAML, merged over the preset; a top-level `preset: paper` "
+                        "names its preset (--preset wins); a complete config (from `mmotif "
+                        "config show` or a run's config.yaml) loads exactly as itself")
     p.add_argument("--preset", choices=PRESETS, default=None,
-                   help="named defaults: local (laptop, CPU), paper, cluster (default: local "
-                        "for `run` without --config, else paper)")
+                   help=f"named defaults: local (laptop, CPU), paper, cluster (default: the "
+                        f"--config file's `preset:`, else {DEFAULT_PRESET})")
+    _add_set_arg(p)
 
 
-def _config(args, default_preset: str = "paper") -> RunConfig:
-    preset = args.preset or (default_preset if args.config is None else "paper")
-    return load_config(args.config, preset)
+def _resolve(args) -> tuple[RunConfig, str]:
+    return resolve_config(getattr(args, "config", None), getattr(args, "preset", None),
+                          sets=getattr(args, "set", None) or ())
+
+
+def _config(args) -> RunConfig:
+    return _resolve(args)[0]
+
+
+def _with_staged_config(func, args) -> int:
+    """Call `func(args)` (a command of another module that loads `args.config` with
+    `args.preset` itself) on the config resolved here, --set included: the resolved config
+    travels as a complete YAML, which loads exactly as itself."""
+    cfg, name = _resolve(args)
+    with tempfile.TemporaryDirectory(prefix="mmotif-config-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(cfg.to_yaml())
+        args.config, args.preset, args.set = path, name, []
+        return func(args)
 
 
 def cmd_config_show(args) -> int:
-    print(_config(args).to_yaml(), end="")
+    cfg, name = _resolve(args)
+    if args.diff:
+        diff = {"preset": name, **config_diff(cfg, preset(name))}
+        print(yaml.safe_dump(diff, sort_keys=False), end="")
+    else:
+        print(cfg.to_yaml(), end="")
     return 0
 
 
 def cmd_run(args) -> int:
+    cfg = _config(args)  # a bad config fails before the heavy imports
     from mmotif.runtime.checkpoint import CheckpointError
     from mmotif.runtime.driver import Driver, TrainingStopped
 
-    cfg = _config(args, default_preset="local")
     overrides = {}
     if args.time_limit is not None:
         overrides["time_limit_s"] = args.time_limit
@@ -49,9 +98,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_annotate(args) -> int:
+    cfg = _config(args)
     from mmotif.annotators.offline import CaptionsFileError, annotate_file
 
-    cfg = _config(args, default_preset="local")
     try:
         result = annotate_file(cfg, args.captions, args.store, args.pairs_per_skill)
     except CaptionsFileError as err:
@@ -62,9 +111,9 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_train_rewards(args) -> int:
+    cfg = _config(args)
     from mmotif.annotators.offline import train_rewards
 
-    cfg = _config(args, default_preset="local")
     try:
         result = train_rewards(cfg, args.store, args.out)
     except (FileNotFoundError, ValueError) as err:
@@ -74,11 +123,65 @@ def cmd_train_rewards(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_submit(args) -> int:
+    from mmotif.runtime.submit import cmd_submit as submit
+
+    return _with_staged_config(submit, args)
+
+
+def cmd_eval(args) -> int:
+    from mmotif.runtime.evaluate import cmd_eval as evaluate
+
+    if args.checkpoint is None and args.random_init:  # the only case where eval builds a config
+        return _with_staged_config(evaluate, args)
+    if args.set:
+        raise ConfigError("--set goes with --random-init (with --checkpoint, eval uses the checkpoint's config)")
+    return evaluate(args)
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from mmotif.runtime.evaluate import add_eval_arguments
+
+    add_eval_arguments(p)
+    _add_set_arg(p)
+    p.set_defaults(preset=None)  # unset: the --config file's `preset:`, else local
+
+
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    from mmotif.codegen.generate import add_plan_arguments, cmd_plan
+
+    add_plan_arguments(p)
+    p.set_defaults(func=cmd_plan)
+
+
+def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    from mmotif.runtime.replay import add_replay_arguments, cmd_replay
+
+    add_replay_arguments(p)
+    p.set_defaults(func=cmd_replay)
+
+
+# name: (help, adds the arguments; imports the command's module)
+LAZY_COMMANDS = {
+    "plan": ("write a policy over skills for a task instruction", _add_plan_arguments),
+    "eval": ("zero-shot evaluation of a task on a trained checkpoint", _add_eval_arguments),
+    "replay": ("render a recorded episode as a GIF and an HTML player", _add_replay_arguments),
+}
+
+
+def _command_in(argv: list[str] | None) -> str | None:
+    """The subcommand `argv` names (the top-level parser has no options but --help)."""
+    return next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `mmotif` parser. With `argv`, the heavy commands (plan, eval, replay) get their
+    arguments only if `argv` names them, so that --help imports no torch; without, all do."""
+    command = _command_in(argv)
     parser = argparse.ArgumentParser(prog="mmotif", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the whole pipeline (default: preset local)")
+    run = sub.add_parser("run", help=f"run the whole pipeline (default: preset {DEFAULT_PRESET})")
     _add_config_args(run)
     run.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     run.add_argument("--time-limit", type=float, default=None, help="seconds (overrides time_limit_s)")
@@ -98,34 +201,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="folder of reward-model versions")
     train.set_defaults(func=cmd_train_rewards)
 
-    from mmotif.codegen.generate import add_plan_arguments, cmd_plan
-    from mmotif.runtime.evaluate import add_eval_arguments, cmd_eval
-    from mmotif.runtime.replay import add_replay_arguments, cmd_replay
-
-    for name, add_arguments, func, what in (
-        ("plan", add_plan_arguments, cmd_plan, "write a policy over skills for a task instruction"),
-        ("eval", add_eval_arguments, cmd_eval, "zero-shot evaluation of a task on a trained checkpoint"),
-        ("replay", add_replay_arguments, cmd_replay, "render a recorded episode as a GIF and an HTML player"),
-    ):
+    for name, (what, add_arguments) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=what)
-        add_arguments(p)
-        p.set_defaults(func=func)
+        if argv is None or command == name:
+            add_arguments(p)
+    if "eval" in sub.choices:
+        sub.choices["eval"].set_defaults(func=cmd_eval)
 
-    from mmotif.runtime.submit import add_job_subcommands
+    from mmotif.runtime.submit import add_job_subcommands  # no heavy imports
 
     add_job_subcommands(sub, _add_config_args)
+    sub.choices["submit"].set_defaults(func=cmd_submit)
 
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     _add_config_args(show)
+    show.add_argument("--diff", action="store_true",
+                      help="only what differs from the preset (with its `preset:` key: the output "
+                           "is a YAML that --config turns back into the same config)")
     show.set_defaults(func=cmd_config_show)
 
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:

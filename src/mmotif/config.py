@@ -3,12 +3,20 @@
 `local` sizes everything for a laptop (2 CPU cores, embedded LLM, minutes); `paper` holds
 the reference's settings (spec §3.3, §4.4, §4.6, §7, §8.2); `cluster` is `paper` sized for
 a Ray cluster with vLLM annotators. Bad values fail at load time with the field's path.
+
+`load_config` starts from a preset (default `local`; a YAML may name its own with a top-level
+`preset:` key), merges the YAML file over it, then `overrides`, then `--set PATH=VALUE` items.
+A YAML giving every field (a dump of `mmotif config show`, a run's config.yaml) loads as
+itself, whatever the preset.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +26,36 @@ from mmotif.skills.specs import PAPER_SKILLS, SkillSpec, validate_skill_list
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names each bad field and why."""
+
+
+DEFAULT_PRESET = "local"
+TTY_SHAPE = (24, 80)  # NetHack's tty (rows, cols): the largest crop
+MAX_POLICY_CALL_BUDGET_S = 10.0
+BUILTIN_TRAINING_POLICIES = ("exploration",)  # builtin:<name> (mmotif.skills.build)
+POLICY_CLASS = "NetHackPlayer"  # mmotif.skills.code_policy.CLASS_NAME
+
+
+def _check_policy_file(source: str) -> None:
+    """A cheap look at a code-policy file, nothing executed: it exists, is UTF-8 Python text
+    and defines class NetHackPlayer."""
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"{source!r} is neither builtin:{BUILTIN_TRAINING_POLICIES[0]} nor an existing file")
+    if path.is_dir():
+        raise ValueError(f"{source!r} is a directory, not a policy file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{source!r} is not UTF-8 text") from None
+    except OSError as err:
+        raise ValueError(f"{source!r} cannot be read ({err.strerror or err})") from None
+    try:
+        tree = ast.parse(text, filename=source)
+    except SyntaxError as err:
+        raise ValueError(f"{source!r} is not valid Python ({err.msg}, line {err.lineno})") from None
+    if not any(isinstance(n, ast.ClassDef) and n.name == POLICY_CLASS for n in ast.walk(tree)):
+        raise ValueError(f"{source!r} does not define class {POLICY_CLASS} (a policy over skills, "
+                         "e.g. from `mmotif plan`)")
 
 
 class _Section(BaseModel):
@@ -30,8 +68,33 @@ class EnvConfig(_Section):
     msg_max_keys: int = Field(20, gt=0, description="message-count cache size (§4.6)")
     caption_gap: int = Field(100, gt=0, description="env steps between a caption's two states")
     caption_rate: float = Field(0.01, ge=0.0, le=1.0, description="captions sampled per env step")
-    policy_call_budget_s: float = Field(0.05, gt=0.0, description="time budget of one code-policy call")
-    training_policy: str = Field("builtin:exploration", description="code policy over skills (builtin:<name> or a file)")
+    policy_call_budget_s: float = Field(
+        0.05, gt=0.0, le=MAX_POLICY_CALL_BUDGET_S, allow_inf_nan=False,
+        description="time budget of one code-policy call")
+    training_policy: str = Field(
+        "builtin:exploration", description="code policy over skills: builtin:exploration or a file "
+        "defining class NetHackPlayer (checked at load, not run)")
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_fits_the_tty(cls, crop: tuple[int, int]) -> tuple[int, int]:
+        rows, cols = crop
+        if not (1 <= rows <= TTY_SHAPE[0] and 1 <= cols <= TTY_SHAPE[1]):
+            raise ValueError(f"crop (rows, cols) must be at least (1, 1) and at most the tty's "
+                             f"{TTY_SHAPE}, got {tuple(crop)}")
+        return crop
+
+    @field_validator("training_policy")
+    @classmethod
+    def _policy_is_usable(cls, source: str) -> str:
+        if source.startswith("builtin:"):
+            name = source.removeprefix("builtin:")
+            if name not in BUILTIN_TRAINING_POLICIES:
+                known = ", ".join(f"builtin:{n}" for n in BUILTIN_TRAINING_POLICIES)
+                raise ValueError(f"unknown built-in policy {source!r}; known: {known}")
+            return source
+        _check_policy_file(source)
+        return source
 
 
 class AnnotatorConfig(_Section):
@@ -130,7 +193,7 @@ class LearnerConfig(_Section):
 
 
 class ActorsConfig(_Section):
-    num_actors: int | Literal["auto"] = "auto"
+    num_actors: int | Literal["auto"] = Field("auto", description="rollout actors (>= 1), or auto: one per free CPU")
     envs_per_actor: int = Field(20, gt=0)
     threads_per_actor: int = Field(1, ge=1)
     rollout_timeout_s: float = Field(
@@ -138,6 +201,13 @@ class ActorsConfig(_Section):
     rollouts_in_flight: int = Field(
         2, ge=1, le=4, description="collect calls queued per rollout actor: with 2, an actor starts its next "
         "rollout while the driver hands the last one on (double buffering; one more policy version of lag)")
+
+    @field_validator("num_actors")
+    @classmethod
+    def _at_least_one_actor(cls, n: int | str) -> int | str:
+        if isinstance(n, int) and n < 1:
+            raise ValueError("must be >= 1 or 'auto': without rollout actors a run only idles")
+        return n
 
 
 class EvalConfig(_Section):
@@ -148,6 +218,22 @@ class EvalConfig(_Section):
     episodes: int = Field(8, ge=1)
     max_steps: int = Field(10_000, gt=0, description="env steps per evaluation episode")
     replays: int = Field(1, ge=0, description="episodes recorded (the first rendered as GIF + HTML)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_exist(cls, tasks: list[str]) -> list[str]:
+        if tasks:
+            from mmotif.nethack.tasks import TASKS, get_task  # imports nle: only when tasks are named
+
+            unknown = []
+            for name in tasks:
+                try:
+                    get_task(name)
+                except KeyError:
+                    unknown.append(name)
+            if unknown:
+                raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; known: {', '.join(TASKS)}")
+        return tasks
 
 
 class FaultsConfig(_Section):
@@ -180,7 +266,7 @@ class RunConfig(_Section):
     """Everything one `mmotif run` needs."""
 
     name: str = "mmotif"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31, description="seeds numpy and the games (0 <= seed < 2**31)")
     time_limit_s: float | None = Field(None, gt=0, description="stop after this many seconds")
     checkpoint_every_steps: int = Field(50_000_000, gt=0)
     env: EnvConfig = EnvConfig()
@@ -256,21 +342,36 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+def _origin(loc: tuple[str, ...], origins: dict[tuple[str, ...], str]) -> str | None:
+    """The `--set` item behind an error at `loc` (one path is a prefix of the other)."""
+    for keys, label in reversed(origins.items()):
+        n = min(len(keys), len(loc))
+        if n and loc[:n] == keys[:n]:
+            return label
+    return None
+
+
+def _describe(err: ValidationError, source: str,
+              origins: dict[tuple[str, ...], str] | None = None) -> str:
+    lines, blamed = [], []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = tuple(str(p) for p in e["loc"])
+        path = ".".join(loc) or "<root>"
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
         lines.append(f"  {path}: {e['msg']}{shown}")
-    return "\n".join(lines)
+        blamed.append(_origin(loc, origins or {}))
+    if blamed and all(blamed):  # every error comes from a --set item: name just those
+        source = ", ".join(dict.fromkeys(blamed))
+    return "\n".join([f"invalid config ({source}):", *lines])
 
 
-def build_config(data: dict, source: str = "<dict>") -> RunConfig:
+def build_config(data: dict, source: str = "<dict>",
+                 origins: dict[tuple[str, ...], str] | None = None) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, origins)) from None
 
 
 def with_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -> RunConfig:
@@ -278,33 +379,156 @@ def with_overrides(cfg: RunConfig, overrides: dict, source: str = "overrides") -
     return build_config(_merge(cfg.model_dump(mode="json"), overrides), source)
 
 
-def preset(name: str) -> RunConfig:
+def _check_preset(name: str) -> str:
     if name not in PRESET_OVERRIDES:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return build_config(PRESET_OVERRIDES[name], f"preset {name}")
+    return name
 
 
-def load_config(path: str | Path | None = None, preset_name: str | None = None,
-                overrides: dict | None = None) -> RunConfig:
-    """A preset (default `paper`), then the YAML file, then `overrides`, merged in that order."""
-    data = dict(PRESET_OVERRIDES.get(preset_name or "paper", {}))
-    if preset_name and preset_name not in PRESET_OVERRIDES:
-        raise ConfigError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
-    source = f"preset {preset_name or 'paper'}"
+def preset(name: str) -> RunConfig:
+    return build_config(PRESET_OVERRIDES[_check_preset(name)], f"preset {name}")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file; every way of failing is one ConfigError line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}")
+    return loaded
+
+
+def _field_annotation(keys: Sequence[str]) -> Any:
+    """The type annotation of the RunConfig field at `keys`, or None (no such model field)."""
+    model: Any = RunConfig
+    annotation = None
+    for key in keys:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(model, type) or fields is None or key not in fields:
+            return None
+        annotation = fields[key].annotation
+        model = annotation
+    return annotation
+
+
+def _is_textual(annotation: Any) -> bool:
+    textual = (str, Path)
+    return annotation in textual or (
+        bool(get_args(annotation)) and all(a in textual or a is type(None) for a in get_args(annotation)))
+
+
+def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
+    """`a.b=value` as (("a", "b"), value): the value is read as YAML (`1e-3`, `auto`,
+    `[gnomish]`, `null`), except that a text field (str, path) keeps its text as written."""
+    path, sep, raw = item.partition("=")
+    keys = tuple(k.strip() for k in path.split("."))
+    if not sep or not all(keys):
+        raise ConfigError(f"--set {item!r}: expected PATH=VALUE with a dotted field path, "
+                          "e.g. --set learner.lr=1e-3")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({problem})") from None
+    if isinstance(value, (bool, int, float)) and _is_textual(_field_annotation(keys)):
+        value = raw.strip()
+    return keys, value
+
+
+def _nest(keys: Sequence[str], value: Any) -> dict:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _is_complete(data: Any, model: type[BaseModel]) -> bool:
+    """Does `data` give every field of `model`, and of its sections (a dumped config)?"""
+    if not isinstance(data, dict):
+        return False
+    for key, info in model.model_fields.items():
+        if key not in data:
+            return False
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel) and not _is_complete(data[key], section):
+            return False
+    return True
+
+
+def resolve_config(path: str | Path | None = None, preset_name: str | None = None,
+                   overrides: dict | None = None, sets: Sequence[str] = ()) -> tuple[RunConfig, str]:
+    """(config, name of its preset): a preset, the YAML file, `overrides`, then `sets`
+    (`PATH=VALUE` items, see `parse_set`), merged in that order.
+
+    The preset is `preset_name`, else the file's top-level `preset:` key, else `local`. A
+    file that gives every field (a dumped config, no `preset:` key) is not merged over the
+    preset: it loads exactly as itself."""
+    name = _check_preset(preset_name) if preset_name is not None else None
+    loaded, full = None, False
     if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(loaded).__name__}")
+        loaded = read_config_file(path)
+        if "preset" in loaded:
+            named = loaded.pop("preset")
+            if not isinstance(named, str) or named not in PRESET_OVERRIDES:
+                raise ConfigError(f"invalid config ({path}):\n  preset: unknown preset {named!r}; "
+                                  f"choose one of: {', '.join(PRESETS)}")
+            name = name or named
+        else:
+            full = _is_complete(loaded, RunConfig)
+    name = name or DEFAULT_PRESET
+    data = {} if full else copy.deepcopy(PRESET_OVERRIDES[name])
+    source = f"preset {name}"
+    if loaded is not None:
         data = _merge(data, loaded)
         source = str(path)
     if overrides:
         data = _merge(data, overrides)
-    return build_config(data, source)
+    origins: dict[tuple[str, ...], str] = {}
+    for item in sets:
+        keys, value = parse_set(item)
+        data = _merge(data, _nest(keys, value))
+        origins.pop(keys, None)
+        origins[keys] = f"--set {item}"
+    if sets:
+        source = ", ".join([source, *(f"--set {item}" for item in sets)])
+    return build_config(data, source, origins), name
+
+
+def load_config(path: str | Path | None = None, preset_name: str | None = None,
+                overrides: dict | None = None, sets: Sequence[str] = ()) -> RunConfig:
+    """A preset (default `local`, or the file's `preset:`), then the YAML file, then
+    `overrides`, then `sets`, merged in that order (see `resolve_config`)."""
+    return resolve_config(path, preset_name, overrides, sets)[0]
+
+
+def config_diff(cfg: RunConfig, base: RunConfig) -> dict:
+    """The fields of `cfg` that differ from `base`, nested as in the YAML (lists whole).
+    Merged over `base` it gives `cfg` again (presets hold no free-form dicts to remove keys from)."""
+
+    def diff(a: dict, b: dict) -> dict:
+        out = {}
+        for key, value in a.items():
+            if isinstance(value, dict) and isinstance(b.get(key), dict):
+                if sub := diff(value, b[key]):
+                    out[key] = sub
+            elif key not in b or b[key] != value:
+                out[key] = value
+        return out
+
+    return diff(cfg.model_dump(mode="json"), base.model_dump(mode="json"))
