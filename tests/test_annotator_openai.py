@@ -89,7 +89,7 @@ def test_lists_the_served_model(server):
 
 
 def test_chat_over_http_returns_the_models_text(server, local):
-    client = OpenAIHTTPBackend(server, MODEL, concurrency=2)
+    client = OpenAIHTTPBackend(server, MODEL, max_concurrency=2)
     conversations = [QUESTION, [{"role": "user", "content": "Name one colour."}]]
     remote = client.chat(conversations, max_tokens=12, temperature=0.0)
     assert remote == [local.chat([c], max_tokens=12)[0] for c in conversations]
@@ -165,7 +165,8 @@ def test_server_that_never_answers_times_out():
 
     threading.Thread(target=accept_and_hang, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    client = OpenAIHTTPBackend(url, MODEL, timeout_s=1.0, max_retries=1, backoff_s=0.1)
+    # check_model=False: no start-up GET /models, so only the two chat attempts connect
+    client = OpenAIHTTPBackend(url, MODEL, timeout_s=1.0, max_retries=1, backoff_s=0.1, check_model=False)
     t0 = time.monotonic()
     try:
         with pytest.raises(BackendError, match="no answer after 2 attempts"):
@@ -236,7 +237,7 @@ def test_api_key_is_sent_as_bearer_token():
     try:
         client = OpenAIHTTPBackend(f"http://127.0.0.1:{srv.server_address[1]}/v1", "m", api_key="sk-test")
         assert client.list_models() == ["m"]
-        assert seen == ["Bearer sk-test"]
+        assert seen == ["Bearer sk-test"] * 2  # the start-up model check, then list_models
     finally:
         srv.shutdown()
         srv.server_close()

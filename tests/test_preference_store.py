@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -13,8 +15,14 @@ import time
 
 import pytest
 
-from mmotif.contract import Caption, CaptionPair, Preference
-from mmotif.rewards.store import PreferenceStore, pair_key
+from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN, Caption, CaptionPair, Preference
+from mmotif.rewards.store import (
+    SCHEMA_VERSION,
+    PreferenceStore,
+    PreferenceStoreError,
+    StoreDamagedError,
+    pair_key,
+)
 
 
 def pref(skill: str, a: str, b: str, label: int = 0, batch: str = "v0", depth: int = 0) -> Preference:
@@ -81,6 +89,211 @@ def test_batch_is_all_or_nothing(tmp_path):
         failing.append([pref("s", f"x{i}", "y") for i in range(10)])
     assert failing.count() == 1 and store.count() == 1
     assert store.append([pref("s", "x0", "y")]) == 1  # the store still works, x0 was not half-stored
+
+
+def test_sqlite_error_mid_batch_rolls_back_the_whole_batch(tmp_path):
+    """A real SQLite failure inside the transaction (SQLITE_FULL: the file may not grow), not an
+    injected exception: nothing of the batch stays, and the store works afterwards."""
+    store = PreferenceStore(tmp_path / "p.db")
+    store.append([pref("s", "keep", "me")])
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count={pages + 3}")  # room for a few rows only
+    big = [pref("s", "a" * 900 + str(i), "b" * 900 + str(i)) for i in range(100)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.append(big)
+    assert store.count() == 1 and not store.has_pair("s", big[0].pair.first.text, big[0].pair.second.text)
+    store._conn.execute("PRAGMA max_page_count=1073741823")
+    assert store.append(big) == 100 and store.count() == 101
+
+
+def test_unencodable_caption_skips_that_label_not_the_batch(tmp_path, caplog):
+    """A lone surrogate cannot be stored as UTF-8: the old code rolled back the whole batch
+    (UnicodeEncodeError); now that one label is skipped, counted and logged."""
+    store = PreferenceStore(tmp_path / "p.db")
+    bad_text = pref("s", "bad \ud800 text", "b")
+    bad_message = Preference(CaptionPair("s", Caption("c", "msg \udfff", 0), Caption("d", "m", 0)),
+                             0, "test-backend", "test-model", "v0", 1.0)
+    batch = [pref("s", "x", "y"), bad_text, pref("s", "z", "w"), bad_message, pref("t", "x", "y")]
+    with caplog.at_level(logging.WARNING, logger="mmotif.rewards.store"):
+        assert store.append(batch) == 3
+    assert store.count() == 3 and store.skipped_unencodable == 2
+    assert "skipped 2 label(s)" in caplog.text and "first_text" in caplog.text
+    assert not store.has_pair("s", "bad \ud800 text", "b")  # a key exists for any str, no error
+    assert [p.pair.first.text for p in store.preferences()] == ["x", "z", "x"]
+    assert store.append([bad_text]) == 0 and store.skipped_unencodable == 3
+    # invalid labels and wrong types are still programming errors: the whole batch fails
+    with pytest.raises(ValueError, match="invalid label"):
+        store.append([pref("s", "p", "q"), pref("s", "r", "t", label=9)])
+    with pytest.raises(TypeError, match="message must be str"):
+        store.append([Preference(CaptionPair("s", Caption("p", None, 0), Caption("q", "m", 0)),
+                                 0, "b", "m", "v", 1.0)])
+    assert store.count() == 3
+
+
+# ------------------------------------------------------------------ pair keys
+def test_pair_keys_of_different_pairs_cannot_collide(tmp_path):
+    """The v1 key joined skill and texts with NUL: ("a\\0b", "c") and ("a", "b\\0c") shared a
+    key and the second label was silently dropped."""
+    assert _v1_key("s", "a\x00b", "c") == _v1_key("s", "a", "b\x00c")  # the old collision
+    assert pair_key("s", "a\x00b", "c") != pair_key("s", "a", "b\x00c")
+    assert pair_key("s\x00a", "b", "c") != pair_key("s", "a\x00b", "c")
+    assert pair_key("1:a", "", "") != pair_key("1", ":a", "")  # length prefixes are not fooled
+    assert pair_key("s", "1:x", "2:yy") != pair_key("s", "1:x2:y", "y")
+    store = PreferenceStore(tmp_path / "p.db")
+    assert store.append([pref("s", "a\x00b", "c", 1), pref("s", "a", "b\x00c", 2)]) == 2
+    assert [(p.pair.first.text, p.label) for p in store.preferences()] == [("a\x00b", 1), ("a", 2)]
+    assert store.has_pair("s", "c", "a\x00b") and store.has_pair("s", "b\x00c", "a")
+
+
+def _v1_key(skill: str, text_a: str, text_b: str) -> str:
+    """pair_key of schema version 1, copied from the old code."""
+    lo, hi = sorted((text_a, text_b))
+    return hashlib.sha256(f"{skill}\x00{lo}\x00{hi}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE preferences (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    skill               TEXT    NOT NULL,
+    pair_key            TEXT    NOT NULL,
+    first_text          TEXT    NOT NULL,
+    first_message       TEXT    NOT NULL,
+    first_depth_change  INTEGER NOT NULL,
+    second_text         TEXT    NOT NULL,
+    second_message      TEXT    NOT NULL,
+    second_depth_change INTEGER NOT NULL,
+    label               INTEGER NOT NULL CHECK (label IN (0, 1, 2, 3)),
+    backend             TEXT    NOT NULL,
+    model               TEXT    NOT NULL,
+    prompt_version      TEXT    NOT NULL,
+    created_at          REAL    NOT NULL,
+    stored_at           REAL    NOT NULL,
+    UNIQUE (skill, pair_key)
+);
+CREATE INDEX preferences_skill_id ON preferences (skill, id);
+INSERT INTO meta (key, value) VALUES ('schema_version', '1');
+"""
+
+
+def _write_v1_store(path, rows):
+    """A store file as the version-1 code wrote it: its schema, its keys, WAL mode."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_V1_SCHEMA)
+    conn.executemany(
+        "INSERT INTO preferences (skill, pair_key, first_text, first_message, first_depth_change, "
+        "second_text, second_message, second_depth_change, label, backend, model, prompt_version, "
+        "created_at, stored_at) VALUES (?, ?, ?, ?, 0, ?, ?, 0, ?, 'old-backend', 'old-model', 'v1', 1.0, 2.0)",
+        [(s, _v1_key(s, a, b), a, f"msg {a}", b, f"msg {b}", label) for s, a, b, label in rows])
+    conn.commit()
+    conn.close()
+
+
+def test_version_1_store_is_migrated_on_open(tmp_path):
+    path = tmp_path / "old.db"
+    rows = [("s", "a\x00b", "c", 1), ("s", "x", "y", 0), ("t", "x", "y", LABEL_UNKNOWN), ("s", "q", "p", 2)]
+    _write_v1_store(path, rows)
+    with PreferenceStore(path) as store:
+        assert store.count() == 4 and store.cursor() == 4  # every row and id kept
+        assert [(p.pair.skill, p.pair.first.text, p.label) for p in store.preferences()] == \
+            [(s, a, label) for s, a, _, label in rows]
+        assert store.has_pair("s", "c", "a\x00b") and store.has_pair("s", "y", "x")
+        assert not store.has_pair("t", "x", "y")  # stored only as UNKNOWN
+        assert store.append([pref("s", "y", "x"), pref("s", "p", "q")]) == 0  # resends: no-ops
+        # the pair that collided with ("a\0b", "c") under the v1 key can be stored now
+        assert store.append([pref("s", "a", "b\x00c", 2)]) == 1
+        assert store.append([pref("t", "y", "x", LABEL_FIRST)]) == 1  # upgrade of the UNKNOWN
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    for skill, a, b in conn.execute("SELECT skill, first_text, second_text FROM preferences").fetchall():
+        key = conn.execute("SELECT pair_key FROM preferences WHERE skill=? AND first_text=? AND second_text=?",
+                           (skill, a, b)).fetchone()[0]
+        assert key == pair_key(skill, a, b)
+    conn.close()
+    with PreferenceStore(path) as again:  # a second open finds version 2: nothing to migrate
+        assert again.count() == 5 and again.preferences("t")[0].label == LABEL_FIRST
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    path = tmp_path / "p.db"
+    PreferenceStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PreferenceStoreError, match="schema version 99"):
+        PreferenceStore(path)
+
+
+# ------------------------------------------------------------------ UNKNOWN labels
+def test_real_label_replaces_a_stored_unknown_and_only_an_unknown(tmp_path):
+    """The first stored label used to win even when it was UNKNOWN (no usable LLM answer),
+    which blocked that pair forever."""
+    store = PreferenceStore(tmp_path / "p.db")
+    assert store.append([pref("s", "a", "b", LABEL_UNKNOWN)]) == 1
+    assert not store.has_pair("s", "a", "b")  # the sampler may ask again
+    assert store.append([pref("s", "b", "a", LABEL_UNKNOWN)]) == 0  # UNKNOWN over UNKNOWN: no-op
+    cursor = store.cursor()
+    assert store.append([pref("s", "b", "a", LABEL_SECOND), pref("s", "c", "d")]) == 2  # upgraded + new
+    assert store.has_pair("s", "a", "b") and store.count() == 2
+    [upgraded] = [p for p in store.preferences() if p.pair.first.text == "b"]
+    assert upgraded.label == LABEL_SECOND
+    # the label is a new row after the cursor, so incremental readers see it
+    assert [p.pair.first.text for p in store.preferences(after_rowid=cursor)] == ["b", "c"]
+    assert store.append([pref("s", "a", "b", LABEL_FIRST)]) == 0  # a real label is never replaced
+    assert store.append([pref("s", "a", "b", LABEL_UNKNOWN)]) == 0
+    assert store.preferences("s")[0].label == LABEL_SECOND
+    # within one batch the first real label wins over UNKNOWNs, whatever the order
+    assert store.append([pref("s", "e", "f", LABEL_UNKNOWN), pref("s", "f", "e", LABEL_TIE),
+                         pref("s", "e", "f", LABEL_FIRST), pref("s", "g", "h", LABEL_TIE),
+                         pref("s", "g", "h", LABEL_UNKNOWN)]) == 2
+    labels = {p.pair.first.text: p.label for p in store.preferences()}
+    assert labels["f"] == LABEL_TIE and labels["g"] == LABEL_TIE
+    assert store.tie_shares() == {"s": (2, 4)}
+    store.close()
+
+
+# ------------------------------------------------------------------ damaged files
+def test_file_that_is_not_a_database_gives_one_clear_error(tmp_path):
+    path = tmp_path / "p.db"
+    path.write_bytes(b"this is a text file, not SQLite\n" * 200)
+    with pytest.raises(StoreDamagedError) as error:
+        PreferenceStore(path)
+    message = str(error.value)
+    assert str(path) in message and "not a database" in message and "mv " in message and ".recover" in message
+    assert path.read_bytes() == b"this is a text file, not SQLite\n" * 200  # left as it was
+
+
+def test_corrupt_database_is_caught_by_quick_check_at_open(tmp_path):
+    path = tmp_path / "p.db"
+    with PreferenceStore(path) as store:
+        store.append([pref("s", "a" * 900 + str(i), "b" * 900 + str(i)) for i in range(300)])
+        page_size = store._conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    data = bytearray(path.read_bytes())  # closed: the WAL is checkpointed into the file
+    middle = (pages // 2) * page_size
+    data[middle:middle + page_size] = b"\xff" * page_size  # one table page overwritten
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreDamagedError, match="damaged") as error:
+        PreferenceStore(path)
+    assert str(path) in str(error.value)
+    with PreferenceStore(path, integrity_check="none") as unchecked:  # opt-out: opens, fails later
+        with pytest.raises(sqlite3.DatabaseError):
+            unchecked.preferences()
+
+
+def test_other_sqlite_database_is_not_taken_over(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE accounts (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PreferenceStoreError, match="not a preference store"):
+        PreferenceStore(path)
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["accounts"]
+    conn.close()
 
 
 def test_wal_mode_and_sqlite_cli(tmp_path):

@@ -146,6 +146,7 @@ def score_captions(
     stats = stats if stats is not None else AnnotationStats()
     missing: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
+    fresh: dict[tuple[str, str], float] = {}
     for key in items:
         stats.cache_lookups += 1
         if key in cache or key in seen:
@@ -166,8 +167,10 @@ def score_captions(
         if len(scores) != len(chunk):
             raise RuntimeError(f"{backend!r} returned {len(scores)} scores for {len(chunk)} prompts")
         for key, score in zip(chunk, scores):
-            cache[key] = float(score)
-    return [cache[key] for key in items]
+            fresh[key] = float(score)
+            if math.isfinite(score):  # a failed score (NaN) is asked again next time
+                cache[key] = float(score)
+    return [cache.get(key, fresh.get(key, math.nan)) for key in items]
 
 
 def annotate_pairs(
