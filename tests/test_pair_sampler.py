@@ -5,17 +5,14 @@ of real games into the labelled pairs."""
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
+from games import random_play_captions
 
 from mmotif.annotators.examples import Moment
 from mmotif.annotators.sampler import STRATUM_ORDER, PairSampler, caption_stratum
-from mmotif.config import load_config
 from mmotif.contract import LABEL_FIRST, Caption, Preference
-from mmotif.nethack import actions as A
 from mmotif.nethack.events import EVENTS, caption_events
 from mmotif.rewards.store import PreferenceStore, pair_key
-from mmotif.skills.build import make_vector_env
 
 
 def captions(n):
@@ -92,14 +89,7 @@ HAND_MADE_RARE = [
 def game():
     """(typical, rare) unique captions: the typical moments of real games (random actions),
     and rare ones, hand-made plus one real kill, well under 1% of the two together."""
-    cfg = load_config(preset_name="local", overrides={"env": {"caption_rate": 0.3, "caption_gap": 5}})
-    venv = make_vector_env(cfg, 4, seed=11)
-    venv.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        venv.step(rng.integers(A.NUM_ACTIONS, size=4))
-    real = list({c.text: c for c in venv.pop_captions()}.values())
-    venv.close()
+    real = list({c.text: c for c in random_play_captions(3000, caption_rate=0.3, caption_gap=5)}.values())
     typical = [c for c in real if not is_rare(c)]
     rare = [m.caption() for m in HAND_MADE_RARE]
     rare += [c for c in real if caption_events(c) == {"kill"}][:1]  # a real rare moment too

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from games import random_play_captions
 
 from mmotif.annotators.annotate import annotate_pairs
 from mmotif.annotators.examples import Moment
 from mmotif.annotators.rules import RulesBackend
 from mmotif.annotators.sampler import PairSampler
 from mmotif.config import load_config
-from mmotif.nethack import actions as A
 from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.store import PreferenceStore
 from mmotif.rewards.trainer import RewardTrainer
 from mmotif.rewards.versions import RewardModelSet
-from mmotif.skills.build import make_vector_env
 
 # Moments the agent's early games rarely produce, as they read in captions.
 RARE = [
@@ -35,13 +33,7 @@ RARE = [
 def trained(tmp_path_factory):
     cfg = load_config(preset_name="local", overrides={"annotator": {"backend": "rules"},
                                                       "env": {"caption_rate": 0.05, "caption_gap": 20}})
-    venv = make_vector_env(cfg, 4, seed=5)
-    venv.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(2000):
-        venv.step(rng.integers(A.NUM_ACTIONS, size=4))
-    captions = venv.pop_captions() + [m.caption() for m in RARE]
-    venv.close()
+    captions = random_play_captions(2000, seed=5) + [m.caption() for m in RARE]
     root = tmp_path_factory.mktemp("probes")
     store_path = root / "preferences.sqlite"
     backend = RulesBackend([s.name for s in cfg.skills])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from games import random_play_captions
 
 from mmotif.annotators.annotate import TieRule, annotate_pairs
 from mmotif.annotators.examples import Moment
@@ -11,9 +12,7 @@ from mmotif.annotators.offline import make_backend_from_config
 from mmotif.annotators.rules import DEFAULT_RULES, RulesBackend
 from mmotif.config import ConfigError, load_config
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, CaptionPair
-from mmotif.nethack import actions as A
 from mmotif.nethack.events import caption_events, text_events
-from mmotif.skills.build import make_vector_env
 from mmotif.skills.specs import PAPER_SKILLS
 
 SKILLS = {s.name: s.preference for s in PAPER_SKILLS}
@@ -22,14 +21,7 @@ SKILLS = {s.name: s.preference for s in PAPER_SKILLS}
 @pytest.fixture(scope="module")
 def rollout_captions():
     """Captions of real games (random actions under the exploration policy)."""
-    cfg = load_config(preset_name="local", overrides={"env": {"caption_rate": 0.05, "caption_gap": 20}})
-    venv = make_vector_env(cfg, 4, seed=11)
-    venv.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        venv.step(rng.integers(A.NUM_ACTIONS, size=4))
-    captions = venv.pop_captions()
-    venv.close()
+    captions = random_play_captions(3000)
     assert len(captions) > 200
     return captions
 

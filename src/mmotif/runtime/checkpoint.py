@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mmotif.config import ConfigError, RunConfig, build_config
+from mmotif.config import RunConfig, build_config
 from mmotif.durable import fsync_dir, write_durably
 
 KEEP = 3

@@ -45,6 +45,8 @@ log = logging.getLogger("mmotif")
 GROWTH_CHECK_S = 10.0  # how often a run with `actors.num_actors: auto` looks for new CPUs
 COMPETENCE_WINDOW_STEPS = 200_000  # env steps of recent episodes behind `competence_recent/`
 BASELINE_WAIT_S = 120.0  # at the end, how long the report waits for the random baseline
+MIN_ANNOTATE_INTERVAL_S = 0.5  # per annotator, between the starts of two calls
+RETRAIN_CHECK_INTERVAL_S = 2.0  # between asking the reward trainer whether a retrain is due
 TIE_WARNING_SHARE = 0.9  # a skill whose labels are mostly ties teaches its reward model nothing
 TIE_WARNING_MIN_LABELS = 200
 
@@ -172,6 +174,8 @@ class Driver:
                                    stratum_alpha=self.cfg.annotator.pair_stratum_alpha)
         self.counters.tie_shares = self.store.tie_shares()
         self._warned_ties: set[str] = set()
+        self._annotate_started: dict = {}
+        self._retrain_checked_at = 0.0
         self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir)
         if driver_state:
@@ -471,9 +475,12 @@ class Driver:
             })
         self._answering(self.annotators)
         busy = {a for a, _ in calls.values()} | set(self._awaiting)
+        now = time.time()
         for annotator in self.annotators:
-            if annotator in busy:
+            # an instant annotator (rules) would otherwise keep the driver busy sampling pairs
+            if annotator in busy or now - self._annotate_started.get(annotator, 0.0) < MIN_ANNOTATE_INTERVAL_S:
                 continue
+            self._annotate_started[annotator] = now
             skill = self._next_skill_to_label()
             a = self.cfg.annotator
             if a.mode == "pointwise":  # few new captions to score, many pairs among scored ones
@@ -509,6 +516,7 @@ class Driver:
             if not ray.wait([call], timeout=0)[0]:
                 return call
             result = ray.get(call)
+            self._retrain_checked_at = time.time()
             if result is not None:
                 record, payload = result
                 ray.get(self.learner.set_reward_models.remote(payload))
@@ -520,6 +528,8 @@ class Driver:
                     **{f"reward_probe_margin/{s}": m for s, m in zip(record.skills, record.probe_margins)
                        if m is not None},
                 })
+        if time.time() - self._retrain_checked_at < RETRAIN_CHECK_INTERVAL_S:
+            return None  # asking again at once only makes the trainer count the store
         return self.reward_trainer.maybe_retrain.remote()
 
     # -- checkpoints -----------------------------------------------------------------------
