@@ -169,3 +169,16 @@ def test_the_conclusion_wins_over_a_restated_format():
               'shows the descent, so ("best_description": 2)')
     assert parse_answer(answer) == SECOND
     assert parse_answer('("best_description": 1) ... on reflection, best_description: None') == TIE
+
+
+def test_few_shot_examples_come_first_and_keep_one_shared_prefix():
+    from mmotif.skills.specs import PAPER_SKILLS
+
+    spec = PAPER_SKILLS[1]
+    examples = [(e.caption, e.answer) for e in spec.examples]
+    a = pointwise_messages(spec.preference, "caption A", examples)
+    b = pointwise_messages(spec.preference, "caption B", examples)
+    assert len(a) == 2 + 2 * len(examples) and a[:-1] == b[:-1]
+    assert [m["content"] for m in a[2:-1:2]] == [e.answer for e in spec.examples]
+    assert "You descend the stairs." in a[1]["content"] and "caption A" in a[-1]["content"]
+    assert pointwise_messages(spec.preference, "caption A") == [a[0], a[-1]]

@@ -140,8 +140,11 @@ def score_captions(
     score_cache: ScoreCache | None = None,
     stats: AnnotationStats | None = None,
     chunk_size: int = 64,
+    examples: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> list[float]:
-    """Pointwise scores of (skill, caption text) items, through the cache."""
+    """Pointwise scores of (skill, caption text) items, through the cache. `examples`: each
+    skill's solved (caption, "Yes"|"No") questions asked first (few-shot)."""
+    examples = examples or {}
     cache = score_cache if score_cache is not None else {}
     stats = stats if stats is not None else AnnotationStats()
     missing: list[tuple[str, str]] = []
@@ -161,7 +164,8 @@ def score_captions(
             scores = backend.score_texts(chunk)
         else:
             scores = backend.yes_no_scores(
-                [pointwise_messages(_modifier(skills, skill), text) for skill, text in chunk])
+                [pointwise_messages(_modifier(skills, skill), text, examples.get(skill, ()))
+                 for skill, text in chunk])
         stats.llm_seconds += time.perf_counter() - t0
         stats.llm_calls += len(chunk)
         if len(scores) != len(chunk):
@@ -186,13 +190,15 @@ def annotate_pairs(
     retry_max_tokens: int = 64,
     temperature: float = 0.0,
     seed: int | None = None,
+    examples: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> list[Preference]:
     """One Preference per pair, in order.
 
     `skills` maps a skill name to its preference modifier. `score_cache` (pointwise) is read
     and updated in place; `tie_rule` (pointwise) decides which score pairs tie (ranks are
-    taken among the cache's scores of the pair's skill). `max_tokens`, `temperature` and
-    `seed` apply to pairwise generation.
+    taken among the cache's scores of the pair's skill); `examples` (pointwise) are each
+    skill's solved questions asked first. `max_tokens`, `temperature` and `seed` apply to
+    pairwise generation.
     """
     if mode not in MODES:
         raise ValueError(f"unknown annotation mode {mode!r}; use one of {MODES}")
@@ -200,7 +206,7 @@ def annotate_pairs(
     for pair in pairs:  # fail before any LLM call on an unknown skill
         _modifier(skills, pair.skill)
     if mode == "pointwise":
-        labels = _pointwise_labels(backend, pairs, skills, score_cache, tie_rule, stats)
+        labels = _pointwise_labels(backend, pairs, skills, score_cache, tie_rule, stats, examples)
     else:
         labels = _pairwise_labels(
             backend, pairs, skills, stats, max_tokens, retry_max_tokens, temperature, seed
@@ -218,13 +224,13 @@ def annotate_pairs(
     return preferences
 
 
-def _pointwise_labels(backend, pairs, skills, score_cache, tie_rule: TieRule, stats) -> list[int]:
+def _pointwise_labels(backend, pairs, skills, score_cache, tie_rule: TieRule, stats, examples) -> list[int]:
     cache = score_cache if score_cache is not None else {}
     items = []
     for pair in pairs:
         items.append((pair.skill, pair.first.text))
         items.append((pair.skill, pair.second.text))
-    scores = score_captions(backend, items, skills, cache, stats)
+    scores = score_captions(backend, items, skills, cache, stats, examples=examples)
     by_skill: dict[str, list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
         by_skill[pair.skill].append(i)

@@ -70,6 +70,13 @@ def tie_rule_from_config(cfg: RunConfig):
     return TieRule(a.tie_rule, rank_gap=a.tie_rank_gap, margin=a.tie_margin)
 
 
+def examples_from_config(cfg: RunConfig) -> dict[str, list[tuple[str, str]]]:
+    """Each skill's solved Yes/No examples for the pointwise prompt (none when few_shot is off)."""
+    if not cfg.annotator.few_shot:
+        return {}
+    return {s.name: [(e.caption, e.answer) for e in s.examples] for s in cfg.skills}
+
+
 def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_per_skill: int,
                   batch: int = 8, stream=sys.stderr) -> dict:
     """Label up to `pairs_per_skill` new pairs per skill from a captions file into the store."""
@@ -82,6 +89,7 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
         raise CaptionsFileError(f"{captions_path}: needs at least two captions, found {len(captions)}")
     backend = make_backend_from_config(cfg)
     modifiers = {s.name: s.preference for s in cfg.skills}
+    examples = examples_from_config(cfg)
     stats, cache = AnnotationStats(), {}
     new_labels, t0 = 0, time.perf_counter()
     with PreferenceStore(store_path) as store:
@@ -96,7 +104,7 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
                 if not pairs:
                     break  # every pair of these captions is labelled for this skill
                 prefs = annotate_pairs(backend, pairs, modifiers, cfg.annotator.mode, score_cache=cache,
-                                       tie_rule=tie_rule_from_config(cfg), stats=stats,
+                                       tie_rule=tie_rule_from_config(cfg), stats=stats, examples=examples,
                                        max_tokens=cfg.annotator.max_tokens, temperature=cfg.annotator.temperature)
                 sampler.done(pairs)
                 new_labels += store.append(prefs)

@@ -18,12 +18,13 @@ own chat template.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN
 
 # Bump when any text below changes: preferences record it, so labels from different prompt
 # texts are never silently mixed.
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"  # 2: pointwise questions may follow the skill's solved examples
 
 Message = dict[str, str]
 
@@ -109,15 +110,19 @@ def retry_messages(conversation: list[Message], answer: str) -> list[Message]:
     ]
 
 
-def pointwise_messages(modifier: str, caption: str) -> list[Message]:
-    """The Yes/No question "does this caption fit the skill's preference?"."""
-    user = POINTWISE_TEMPLATE.format(
-        modifier=modifier.strip(), god_clause=GOD_CLAUSE, caption=caption
-    )
-    return [
-        {"role": "system", "content": POINTWISE_SYSTEM_PROMPT},
-        {"role": "user", "content": user},
-    ]
+def pointwise_messages(modifier: str, caption: str,
+                       examples: Sequence[tuple[str, str]] = ()) -> list[Message]:
+    """The Yes/No question "does this caption fit the skill's preference?", after the
+    skill's solved `examples` ((caption, "Yes"|"No") turns, few-shot). Everything up to the
+    last caption is the same for every caption of a skill (one cached prefix)."""
+    def question(text: str) -> Message:
+        content = POINTWISE_TEMPLATE.format(modifier=modifier.strip(), god_clause=GOD_CLAUSE, caption=text)
+        return {"role": "user", "content": content}
+
+    messages = [{"role": "system", "content": POINTWISE_SYSTEM_PROMPT}]
+    for text, answer in examples:
+        messages += [question(text), {"role": "assistant", "content": answer}]
+    return [*messages, question(caption)]
 
 
 def pair_label_from_scores(s1: float, s2: float, margin: float = 0.0) -> int:

@@ -96,12 +96,13 @@ class AnnotatorActor:
 
     def __init__(self, config: dict):
         from mmotif.annotators.annotate import AnnotationStats
-        from mmotif.annotators.offline import make_backend_from_config, tie_rule_from_config
+        from mmotif.annotators.offline import examples_from_config, make_backend_from_config, tie_rule_from_config
 
         cfg = _config(config)
         self.cfg = cfg
         self.backend = make_backend_from_config(cfg)
         self.tie_rule = tie_rule_from_config(cfg)
+        self.examples = examples_from_config(cfg)
         self.skills = {s.name: s.preference for s in cfg.skills}
         self.score_cache: dict = {}
         self.stats = AnnotationStats()
@@ -116,8 +117,8 @@ class AnnotatorActor:
         a = self.cfg.annotator
         t0 = time.perf_counter()
         prefs = annotate_pairs(self.backend, pairs, self.skills, a.mode, score_cache=self.score_cache,
-                               tie_rule=self.tie_rule, stats=self.stats, max_tokens=a.max_tokens,
-                               temperature=a.temperature)
+                               tie_rule=self.tie_rule, examples=self.examples, stats=self.stats,
+                               max_tokens=a.max_tokens, temperature=a.temperature)
         return prefs, {**self.stats.as_dict(), "seconds": time.perf_counter() - t0}
 
 

@@ -7,7 +7,12 @@ The paper's five skills are the default; a user can give their own list in the r
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mmotif.contract import GameState
+from mmotif.nethack.captions import caption_text
 
 
 class Probe(BaseModel):
@@ -22,6 +27,29 @@ class Probe(BaseModel):
 NEUTRAL_STEP = Probe()  # no message, same level: most steps of every game
 
 
+class YesNoExample(BaseModel):
+    """A solved pointwise question shown to the annotator before the real one (few-shot)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caption: str = Field(min_length=1, description="a caption text, as mmotif.nethack.captions writes it")
+    answer: Literal["Yes", "No"]
+
+
+def _example(answer: str, message: str, previous: str = "", depth: tuple[int, int] = (4, 4),
+             hp: tuple[int, int] = (12, 12)) -> YesNoExample:
+    def state(i: int, msg: str) -> GameState:
+        return GameState(message=msg, depth=depth[i], gold=0, hp=hp[i], hp_max=12, level=1, hunger=1)
+
+    return YesNoExample(caption=caption_text(state(0, previous), state(1, message)), answer=answer)
+
+
+# Measured by bench/annotator_quality.py: three solved examples per skill take the 0.5B model's
+# ranking of real captions from chance (AUC 0.48) to 0.70 (bench/README.md).
+_NOTHING = "You hear water falling on coins."
+_KILL = "You kill the giant rat!"
+
+
 class SkillSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,6 +62,8 @@ class SkillSpec(BaseModel):
     threshold_quantile: float = Field(
         0.85, gt=0.0, lt=1.0, description="reward threshold quantile for RL (§4.6)"
     )
+    examples: tuple[YesNoExample, ...] = Field(
+        (), description="solved Yes/No questions shown before each pointwise question (few-shot)")
     probes: tuple[Probe, ...] = Field(
         (), description="canonical inputs of the skill's target events; every reward-model version "
                         "is scored on them against `neutral_probe` (mmotif.rewards.probes)")
@@ -50,6 +80,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "whether going down or up, is firmly undesirable."
         ),
         threshold_quantile=0.95,
+        examples=(_example("Yes", _KILL, depth=(2, 2)), _example("No", "", _NOTHING, depth=(2, 2)),
+                  _example("No", "You climb up the stairs.", depth=(3, 2))),
         probes=(Probe(message="You kill the newt!"), Probe(message="You find a hidden passage."),
                 Probe(message="$ - 12 gold pieces.")),
     ),
@@ -60,6 +92,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "Progress means going deeper into the dungeon, and it is urgent. Remaining on "
             "the same level is strongly undesirable, and going up is worse still."
         ),
+        examples=(_example("Yes", "You descend the stairs.", "There is a staircase down here.", depth=(7, 8)),
+                  _example("No", _KILL, depth=(7, 7)), _example("No", "You climb up the stairs.", depth=(8, 7))),
         probes=(Probe(message="You descend the stairs.", depth_change=1), Probe(depth_change=1)),
     ),
     SkillSpec(
@@ -69,6 +103,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "The only progress is successfully climbing up one level. Remaining on the same "
             "level is strongly undesirable, whatever else happens."
         ),
+        examples=(_example("Yes", "You climb up the stairs.", "There is a staircase up here.", depth=(8, 7)),
+                  _example("No", _KILL, depth=(7, 7)), _example("No", "You descend the stairs.", depth=(7, 8))),
         probes=(Probe(message="You climb up the stairs.", depth_change=-1), Probe(depth_change=-1)),
     ),
     SkillSpec(
@@ -79,6 +115,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "or blessed, rather than praying or trying to please the god."
         ),
         has_precondition=True,
+        examples=(_example("Yes", "There is a black flash as the wand hits the altar."), _example("No", _NOTHING),
+                  _example("No", "You feel that Mitra is displeased.", hp=(9, 9))),
         probes=(Probe(message="There is an altar to Chih Sung-tzu (lawful) here."),
                 Probe(message="There is a black flash as a ring hits the altar.")),
     ),
@@ -90,6 +128,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "Never steal from a shop."
         ),
         has_precondition=True,
+        examples=(_example("Yes", "Wonotobo offers 20 gold pieces for your wand.  Sell it? [ynaq] (y)"),
+                  _example("No", _NOTHING), _example("No", "You die...", "The giant rat bites!", hp=(2, 0))),
         probes=(Probe(message="Asidonhopo offers 6 gold pieces for your ring.  Sell it? [ynaq] (y)"),
                 Probe(message="Hello, Agent!  Welcome to Asidonhopo's general store!")),
     ),
