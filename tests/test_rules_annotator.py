@@ -106,3 +106,15 @@ def test_rank_rule_sets_the_tie_share_whatever_the_score_range(rollout_captions)
     share = tie_share(TieRule("rank", rank_gap=0.1))
     assert 0.14 < share < 0.25, share
     assert tie_share(TieRule("rank", rank_gap=0.0)) == 0.0
+
+
+def test_seed_moments_hold_every_skills_target_event():
+    from mmotif.annotators.examples import seed_captions
+
+    seeds = seed_captions()
+    assert len({c.text for c in seeds}) == len(seeds)
+    backend = RulesBackend(list(SKILLS))
+    for skill in SKILLS:  # each skill's rules score some seed moment above a neutral step
+        scores = backend.score_texts([(skill, c.text) for c in seeds])
+        assert max(scores) > 0, skill
+    assert load_config(preset_name="local").annotator.seed_moments

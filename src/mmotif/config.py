@@ -109,6 +109,10 @@ class AnnotatorConfig(_Section):
     pairs_per_call: int = Field(
         64, gt=0, description="caption pairs per annotator call (pointwise: pairs of already "
                               "scored captions cost no LLM call)")
+    seed_moments: bool = Field(
+        True, description="add hand-written moments of the skills' target events (descents, altars, "
+        "shops, ...; mmotif.annotators.examples.seed_captions) to the pair pool at the start, for the "
+        "LLM to label: the agent's own first games almost never show them")
     pair_stratum_alpha: float = Field(
         0.3, ge=0.0, le=1.0, description="pair sampling: a pair's first caption comes from an event stratum "
         "drawn with weight (stratum size)**alpha: 1 is uniform over captions, 0 uniform over strata "

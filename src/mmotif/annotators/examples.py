@@ -104,6 +104,20 @@ def obvious_pairs(skill: str) -> list[CaptionPair]:
     return [CaptionPair(skill, good.caption(), bad.caption()) for good, bad in OBVIOUS_PAIRS[skill]]
 
 
+def seed_captions() -> list[Caption]:
+    """Every moment of the obvious pairs, unlabelled: descents, ascents, kills, gold, hidden
+    doors, altars, shops, the god's anger. A run adds them to its pair pool at the start
+    (`annotator.seed_moments`) because the agent's first games almost never show them (of
+    8,054 captions of a 10-minute local run, 28 descents, one ascent, no altar or shop);
+    the LLM labels them like any other caption."""
+    unique = {}
+    for pairs in OBVIOUS_PAIRS.values():
+        for moment in (m for pair in pairs for m in pair):
+            caption = moment.caption()
+            unique.setdefault(caption.text, caption)
+    return list(unique.values())
+
+
 # Everyday messages for synthetic caption streams.
 _MESSAGES = [
     "", "You kill the newt!", "You hit the jackal.", "The grid bug bites!", "You miss the sewer rat.",

@@ -172,6 +172,10 @@ class Driver:
         names = [s.name for s in self.cfg.skills]
         self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed,
                                    stratum_alpha=self.cfg.annotator.pair_stratum_alpha)
+        if self.cfg.annotator.seed_moments:
+            from mmotif.annotators.examples import seed_captions
+
+            self.sampler.add_captions(seed_captions())
         self.counters.tie_shares = self.store.tie_shares()
         self._warned_ties: set[str] = set()
         self._annotate_started: dict = {}
