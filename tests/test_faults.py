@@ -50,8 +50,10 @@ def test_nan_reward_stops_learning_with_a_good_checkpoint_and_names_the_tensor(t
 
 
 def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, ray_local):
+    # zero-shot prompts: the restarted engine labels again within seconds (what is under test)
     cfg = local_cfg(tmp_path, time_limit_s=60, annotator={"num_annotators": 1, "backend": "embedded",
-                                                          "model": "smollm2-135m", "pairs_per_call": 8})
+                                                          "model": "smollm2-135m", "pairs_per_call": 8,
+                                                          "few_shot": False})
     driver = Driver(cfg)
     seen = {}
 

@@ -132,7 +132,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         ("tie_share.png", _keys(rows, "tie_share/") + ["tie_share", "dedup_hit_rate"],
          "Tie share of labels per skill; dedup hit rate", "share", 1),
         ("reward_probes.png", _keys(rows, "reward_probe_margin/"),
-         "Reward-model probe margin: skill's target events minus a neutral step (std units)", "margin", 1),
+         "Reward-model probe margin: targets minus a neutral step", "margin (std)", 1),
         ("throughput.png", ["env_steps_per_second"], "Throughput", "env steps / s", 1),
     ]:
         if _plot(out / name, rows, keys, title, ylabel, smooth):
