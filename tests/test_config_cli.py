@@ -389,3 +389,13 @@ def test_a_missing_config_file_is_named(tmp_path):
 def test_every_preset_is_valid():
     for name in PRESETS:
         assert isinstance(preset(name), RunConfig)
+
+
+def test_a_config_rebuilt_in_an_actor_does_not_need_the_policy_file(tmp_path):
+    """Actors on other nodes rebuild the config from a dict (no shared disk): only a user's
+    load looks at the training-policy file."""
+    from mmotif.config import build_config
+
+    cfg = load_config().model_dump(mode="json")
+    cfg["env"]["training_policy"] = str(tmp_path / "on-the-driver-node-only.py")
+    assert build_config(cfg).env.training_policy.endswith("on-the-driver-node-only.py")

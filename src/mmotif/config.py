@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from mmotif.skills.specs import PAPER_SKILLS, SkillSpec, validate_skill_list
 
@@ -86,14 +88,17 @@ class EnvConfig(_Section):
 
     @field_validator("training_policy")
     @classmethod
-    def _policy_is_usable(cls, source: str) -> str:
+    def _policy_is_usable(cls, source: str, info: ValidationInfo) -> str:
         if source.startswith("builtin:"):
             name = source.removeprefix("builtin:")
             if name not in BUILTIN_TRAINING_POLICIES:
                 known = ", ".join(f"builtin:{n}" for n in BUILTIN_TRAINING_POLICIES)
                 raise ValueError(f"unknown built-in policy {source!r}; known: {known}")
             return source
-        _check_policy_file(source)
+        # the file is looked at where a user loads the config; actors on other nodes that
+        # rebuild it (no shared disk) must not need the file
+        if (info.context or {}).get("check_files"):
+            _check_policy_file(source)
         return source
 
 
@@ -374,9 +379,11 @@ def _describe(err: ValidationError, source: str,
 
 
 def build_config(data: dict, source: str = "<dict>",
-                 origins: dict[tuple[str, ...], str] | None = None) -> RunConfig:
+                 origins: dict[tuple[str, ...], str] | None = None, check_files: bool = False) -> RunConfig:
+    """A validated config. `check_files`: also look at files the config names (the
+    training policy), as a user's own load does; a config rebuilt inside an actor does not."""
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"check_files": check_files})
     except ValidationError as err:
         raise ConfigError(_describe(err, source, origins)) from None
 
@@ -514,7 +521,7 @@ def resolve_config(path: str | Path | None = None, preset_name: str | None = Non
         origins[keys] = f"--set {item}"
     if sets:
         source = ", ".join([source, *(f"--set {item}" for item in sets)])
-    return build_config(data, source, origins), name
+    return build_config(data, source, origins, check_files=True), name
 
 
 def load_config(path: str | Path | None = None, preset_name: str | None = None,
