@@ -66,10 +66,9 @@ class TieRule:
     def labels(self, pairs_scores: Sequence[tuple[float, float]], skill_scores: Sequence[float],
                exact: bool = False) -> list[int]:
         """Labels of (first, second) score pairs of one skill; `skill_scores`: all its scores."""
-        if exact or (self.kind == "margin" and self.margin == 0.0):
-            return [pair_label_from_scores(a, b, 0.0) for a, b in pairs_scores]
-        if self.kind == "margin":
-            return [pair_label_from_scores(a, b, self.margin) for a, b in pairs_scores]
+        if exact or self.kind == "margin":
+            margin = 0.0 if exact else self.margin
+            return [pair_label_from_scores(a, b, margin) for a, b in pairs_scores]
         ranked = np.sort(np.asarray([s for s in skill_scores if math.isfinite(s)], float))
 
         def rank(x: float) -> float:
@@ -234,10 +233,13 @@ def _pointwise_labels(backend, pairs, skills, score_cache, tie_rule: TieRule, st
     by_skill: dict[str, list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
         by_skill[pair.skill].append(i)
+    scores_of: dict[str, list[float]] = defaultdict(list)  # every cached score, by skill (ranks)
+    for (skill, _), value in cache.items():
+        scores_of[skill].append(value)
     labels = [LABEL_UNKNOWN] * len(pairs)
     exact = bool(getattr(backend, "exact_scores", False))
     for skill, rows in by_skill.items():
-        skill_scores = [v for (k, _), v in cache.items() if k == skill]
+        skill_scores = scores_of[skill]
         got = tie_rule.labels([(scores[2 * i], scores[2 * i + 1]) for i in rows], skill_scores, exact)
         for i, label in zip(rows, got):
             labels[i] = label
