@@ -35,7 +35,7 @@ from mmotif.runtime.cluster import (
     plan_actors, rollout_actor_options,
 )
 from mmotif.runtime.metrics import MetricsSink
-from mmotif.runtime.progress import Progress
+from mmotif.runtime.progress import Progress, WindowedRate
 from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 from mmotif.skills.competence import CompetenceTally, WindowTally, metric_values
@@ -187,6 +187,7 @@ class Driver:
         elif self.cfg.reward.models is not None:
             self._start_from_reward_models(Path(self.cfg.reward.models))
         self.progress = Progress(names)
+        self._throughput = WindowedRate(start_total=self.counters.steps_at_start)
         self._start_competence()
         # Ctrl-C stops the run cleanly; Python lets only the main thread set signal handlers,
         # so a run started from another thread (a notebook, a test) goes without one
@@ -199,6 +200,7 @@ class Driver:
             self.metrics.close()
             raise
         finally:
+            self.progress.close()
             if in_main:
                 signal.signal(signal.SIGINT, previous)
             self._checkpoint()
@@ -364,8 +366,7 @@ class Driver:
         values = {k: v for k, v in stats.items() if "/" in k}
         for term in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             values[f"learner_loss/{term}"] = stats[term]
-        elapsed = max(time.time() - self.counters.started_at, 1e-9)
-        rate = (stats["env_steps"] - self.counters.steps_at_start) / elapsed
+        rate = self._throughput.update(stats["env_steps"])  # over the last RATE_WINDOW_S
         values.update(
             env_steps_total=stats["env_steps"], env_steps_per_second=rate,
             policy_version=stats["policy_version"], policy_lag=stats["policy_lag"],
