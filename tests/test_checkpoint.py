@@ -252,3 +252,47 @@ def test_resume_with_an_incompatible_config_leaves_config_yaml_unchanged(tmp_pat
     with pytest.raises(CheckpointError, match="different run config"):
         Driver(other, resume=True).run()
     assert (run_dir / "config.yaml").read_bytes() == before
+
+
+def labelled_store(path: Path, n: int) -> None:
+    from mmotif.contract import LABEL_FIRST, Caption, CaptionPair, Preference
+    from mmotif.rewards.store import PreferenceStore
+
+    with PreferenceStore(path) as store:
+        store.append([Preference(CaptionPair("descender", Caption(f"a{i}", "m", 0), Caption(f"b{i}", "m", 1)),
+                                 LABEL_FIRST, "test", "none", "v", 0.0) for i in range(n)])
+
+
+def run_checkpointed_after_labels(tmp_path, labels: int):
+    run_dir = tmp_path / "run"
+    cfg = cfg_for(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    save_checkpoint(run_dir, cfg, {"env_steps": 512},
+                    {"env_steps": 512, "store_cursor": labels, "labels": labels})
+    return run_dir, cfg
+
+
+@pytest.mark.parametrize("store", ["deleted", "emptied", "truncated"])
+def test_resume_refuses_a_store_that_lost_the_checkpoints_labels(tmp_path, store):
+    from mmotif.runtime.checkpoint import check_resumable
+
+    run_dir, cfg = run_checkpointed_after_labels(tmp_path, labels=5)
+    path = run_dir / "preferences.sqlite"
+    if store != "deleted":
+        labelled_store(path, {"emptied": 0, "truncated": 3}[store])
+    with pytest.raises(CheckpointError) as err:
+        check_resumable(run_dir, cfg)
+    msg = str(err.value)
+    assert str(path) in msg and "5 labels" in msg and "\n" not in msg, msg
+    assert store != "deleted" or not path.exists(), "the check must not create the store it misses"
+
+
+def test_resume_accepts_a_store_with_labels_added_after_the_checkpoint(tmp_path):
+    from mmotif.runtime.checkpoint import check_resumable
+
+    run_dir, cfg = run_checkpointed_after_labels(tmp_path, labels=3)
+    labelled_store(run_dir / "preferences.sqlite", 5)
+    assert check_resumable(run_dir, cfg).name == "step_000000000512"
+    run_dir2, cfg2 = run_checkpointed_after_labels(tmp_path / "no-labels", labels=0)
+    assert check_resumable(run_dir2, cfg2).name == "step_000000000512"  # annotation off: no store needed

@@ -16,6 +16,10 @@ values and is read with `torch.load(weights_only=True)` (`load_learner_file`); a
 asks for anything else is refused with a `CheckpointError`, never unpickled. LATEST may only
 name a `step_<digits>[-<hex>]` folder directly under `checkpoints/`; without a usable LATEST
 the newest complete checkpoint (learner.pt + driver.json + config.yaml) is used, with a warning.
+
+`--resume` refuses (it does not rebuild) a run whose preferences.sqlite lost labels the
+checkpoint counted (deleted, replaced, rows removed): driver.json's `store_cursor` is the
+store's last row id at checkpoint time, and row ids only grow.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from mmotif.durable import fsync_dir, write_durably
 KEEP = 3
 CHECKPOINT_NAME = re.compile(r"step_[0-9]+(?:-[0-9a-f]+)?")
 CHECKPOINT_FILES = ("learner.pt", "driver.json", "config.yaml")
+STORE_NAME = "preferences.sqlite"  # the run's preference store, beside checkpoints/
 
 log = logging.getLogger("mmotif")
 
@@ -238,11 +243,45 @@ def _saved_config(path: Path) -> RunConfig:
 
 
 def check_resumable(run_dir: Path, cfg: RunConfig) -> Path:
-    """The checkpoint `--resume` would use, after refusing one that cannot continue `cfg`;
-    reads only its config.yaml (cheap: call it before touching the run folder)."""
+    """The checkpoint `--resume` would use, after refusing one that cannot continue `cfg` or
+    whose labels the run's preference store no longer holds; reads its config.yaml and
+    driver.json and the store's last row id (cheap: call it before touching the run folder)."""
     path = _find_checkpoint(run_dir)
     _check_compatible(_saved_config(path), cfg, path)
+    _check_store_holds_labels(path, Path(run_dir) / STORE_NAME)
     return path
+
+
+def _driver_state(path: Path) -> dict:
+    try:
+        state = json.loads((path / "driver.json").read_text())
+    except Exception as err:  # noqa: BLE001
+        raise _corrupt(path, err) from None
+    if not isinstance(state, dict):
+        raise _corrupt(path, ValueError("driver.json is not a JSON object"))
+    return state
+
+
+def _check_store_holds_labels(path: Path, store_path: Path) -> None:
+    """Refuse a resume whose preference store lost rows the checkpoint counted: the run
+    would report the old label count and retrain reward models from fewer labels. The store's
+    row ids only grow, so its cursor can only be at or past the checkpoint's."""
+    from mmotif.rewards.store import PreferenceStore
+
+    saved = _driver_state(path).get("store_cursor", 0)
+    if not isinstance(saved, int) or saved <= 0:
+        return
+    advice = (f"restore that file (with its -wal file) to resume, or start a new run in another "
+              f"run folder (paths.run_dir)")
+    if not store_path.is_file():
+        raise CheckpointError(f"--resume: {store_path} is missing, but checkpoint {path.name} was written "
+                              f"after {saved} labels were stored in it; {advice}")
+    with PreferenceStore(store_path) as store:
+        cursor = store.cursor()
+    if cursor < saved:
+        raise CheckpointError(f"--resume: {store_path} ends at row {cursor}, but checkpoint {path.name} was "
+                              f"written after {saved} labels were stored in it (the file was replaced or "
+                              f"rows were removed); {advice}")
 
 
 def load_checkpoint(run_dir: Path, cfg: RunConfig) -> tuple[dict, dict]:
@@ -250,10 +289,7 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> tuple[dict, dict]:
     continue this config."""
     path = _find_checkpoint(run_dir)
     _check_compatible(_saved_config(path), cfg, path)
-    try:
-        driver_state = json.loads((path / "driver.json").read_text())
-    except Exception as err:  # noqa: BLE001
-        raise _corrupt(path, err) from None
+    driver_state = _driver_state(path)
     try:
         learner_state = load_learner_file(path / "learner.pt")
     except CheckpointError as err:
