@@ -16,8 +16,15 @@ from mmotif.contract import Caption
 # Message patterns, matched on the current message (NetHack's own wording).
 MESSAGE_EVENTS: dict[str, re.Pattern] = {
     "death": re.compile(r"You die\.\.\."),
-    "kill": re.compile(r"\bYou (kill|destroy)\b"),
+    # NetHack calls a killed pet "poor" ("You kill the poor kitten!"); "You murderer!" follows
+    # killing a peaceful human. Neither is a fight won: both cost alignment and Luck.
+    "pet_kill": re.compile(r"\bYou (kill|destroy) the poor\b|\bYou murderer\b"),
+    "kill": re.compile(r"\bYou (kill|destroy) (?!the poor\b)"),
     "hidden": re.compile(r"\bYou find a hidden\b"),
+    # stepping onto objects: what exploring a level turns up (the action set cannot pick up)
+    "item": re.compile(r"\bYou see here\b|\bThings that are here\b|\bThere are (?:several|many) objects here\b"),
+    "stairs_down": re.compile(r"\bThere is a staircase down here\b"),
+    "stairs_up": re.compile(r"\bThere is a staircase up here\b"),
     "altar": re.compile(r"\baltar\b|\b(amber|black) flash\b"),
     "shop": re.compile(r"\bshopkeeper\b|\bWelcome to\b|\bzorkmids?\b|\boffers \d+ gold\b"
                        r"|\b[Ss]ell it\b|\bYou sold\b|\bfor sale\b|\bYou owe\b"),
