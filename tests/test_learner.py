@@ -1,5 +1,7 @@
 """The learner core (no Ray): bounded policy lag."""
 
+import torch
+
 from mmotif.actors.rollout import RolloutWorker
 from mmotif.config import load_config
 from mmotif.learners.learner import Learner
@@ -27,3 +29,25 @@ def test_learner_drops_rollouts_older_than_max_policy_lag(tmp_path):
     resumed = Learner(cfg)
     resumed.load_state(learner.state())
     assert resumed.batches_dropped_for_lag == 1, "the counter must survive a checkpoint (a Prometheus counter)"
+
+
+def test_train_step_with_distinct_messages_equals_reference(tmp_path):
+    """One SGD step on a real rollout (mostly empty or repeated messages): the same stats and
+    the same new weights whether each distinct message is encoded once or every row is."""
+    cfg = load_config(preset_name="local", overrides={
+        "annotator": {"num_annotators": 0},
+        "actors": {"num_actors": 1, "envs_per_actor": 4},
+        "learner": {"batch_size": 64, "rollout": 16},
+        "paths": {"run_dir": str(tmp_path / "run")},
+    })
+    worker = RolloutWorker(cfg, 0, seed=3)
+    batch = worker.collect()
+    worker.close()
+    assert len({bytes(row) for row in batch.obs["message"].reshape(-1, batch.obs["message"].shape[-1])}) < 40
+    fast, reference = Learner(cfg), Learner(cfg)
+    reference.net.distinct_messages = False
+    fast_stats, ref_stats = fast.train([batch]), reference.train([batch])
+    for key, value in ref_stats.items():
+        assert abs(fast_stats[key] - value) <= 1e-4 * max(1.0, abs(value)), key
+    for (name, p), q in zip(fast.net.named_parameters(), reference.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

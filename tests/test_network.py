@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mmotif.contract import observation_spec
-from mmotif.learners.network import (SkillPolicyNet, local_sizes, mask_state, num_parameters,
-                                     paper_sizes)
+from mmotif.learners.network import (SkillPolicyNet, distinct_rows, local_sizes, mask_state,
+                                     num_parameters, paper_sizes)
 
 K = 5
 CROP = (12, 12)
@@ -166,3 +166,73 @@ def test_other_crop_and_size_override():
     n = SkillPolicyNet(3, crop=(9, 15), sizes=local_sizes(), core_hidden=32)
     logits, values, state = n(random_obs((2, 2), num_skills=3, crop=(9, 15)), n.initial_state(2))
     assert logits.shape == (2, 2, 28) and state.shape == (2, 32)
+
+
+# ------------------------------------------------------- exact optimisations vs reference
+def with_repeated_messages(obs, seed=0):
+    """Messages as in a rollout: mostly empty, a few distinct texts repeated across steps."""
+    g = torch.Generator().manual_seed(seed)
+    lead = obs["message"].shape[:-1]
+    pool = torch.zeros(4, obs["message"].shape[-1], dtype=torch.uint8)
+    for i, text in enumerate((b"It's a wall.", b"You see here a scroll.", b"You hear some noises.")):
+        pool[i + 1, :len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+    pick = torch.multinomial(torch.tensor([0.6, 0.2, 0.1, 0.1]), int(np.prod(lead)), replacement=True, generator=g)
+    return {**obs, "message": pool[pick].reshape(obs["message"].shape)}
+
+
+def test_distinct_rows_rebuild_every_row():
+    rows = with_repeated_messages(random_obs((7, 5)))["message"].reshape(35, -1)
+    distinct, inverse = distinct_rows(rows)
+    assert distinct.dtype == torch.uint8 and distinct.shape[0] <= 4
+    assert torch.equal(distinct[inverse], rows)
+    odd = rows[:, :253]  # not a whole number of int64 words: the plain path
+    distinct, inverse = distinct_rows(odd)
+    assert torch.equal(distinct[inverse], odd)
+
+
+def forward_and_grads(net, obs, h0, dones):
+    net.zero_grad(set_to_none=True)
+    logits, values, state = net(obs, h0, dones)
+    (logits.square().mean() + values.mean() + state.sum()).backward()
+    return (logits, values, state), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("sizes", [local_sizes(), paper_sizes()], ids=["local", "paper"])
+def test_distinct_messages_same_outputs_and_gradients(sizes):
+    torch.manual_seed(1)
+    net = SkillPolicyNet(K, crop=CROP, sizes=sizes).train()
+    T, B = 9, 6
+    obs = with_repeated_messages(random_obs((T, B), seed=6), seed=6)
+    dones = torch.zeros(T, B, dtype=torch.bool)
+    dones[4, 2] = True
+    h0 = torch.randn(B, net.hidden_size)
+    net.distinct_messages = False
+    reference, ref_grads = forward_and_grads(net, obs, h0, dones)
+    net.distinct_messages = True
+    fast, grads = forward_and_grads(net, obs, h0, dones)
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_message_cache_same_actions_and_follows_new_weights():
+    torch.manual_seed(2)
+    net = SkillPolicyNet(K, crop=CROP, sizes=local_sizes()).eval()
+    other = SkillPolicyNet(K, crop=CROP, sizes=local_sizes()).state_dict()
+    steps = [with_repeated_messages(random_obs((8,), seed=s), seed=s) for s in range(6)]
+    state = net.initial_state(8)
+
+    def act_all(cache: bool):
+        net.cache_messages = cache
+        return [net.act(obs, state, greedy=True) for obs in steps]
+
+    for weights in (None, other):  # the second round must not reuse the first weights' encodings
+        if weights is not None:
+            net.load_state_dict(weights)
+        reference = act_all(cache=False)
+        for cached, ref in zip(act_all(cache=True), reference):
+            assert torch.equal(cached[0], ref[0])
+            for a, b in zip(cached[1:], ref[1:]):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert net._message_cache._store, "the cache was used"

@@ -85,6 +85,61 @@ def mask_state(state: Tensor, dones: Tensor) -> Tensor:
     return torch.where(keep.view(*([1] * (state.dim() - 2)), -1, 1), state, torch.zeros_like(state))
 
 
+def distinct_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of a 2-D tensor and, for every row, the index of its copy among them.
+
+    Rows of bytes whose length divides by 8 are compared as int64 words, 8x fewer columns
+    for the lexicographic sort; the bytes, hence the result, are the same.
+    """
+    if rows.dtype == torch.uint8 and rows.shape[1] % 8 == 0:
+        distinct, inverse = torch.unique(rows.contiguous().view(torch.int64), dim=0, return_inverse=True)
+        return distinct.view(torch.uint8), inverse
+    return torch.unique(rows, dim=0, return_inverse=True)
+
+
+def encode_distinct(encoder: nn.Module, rows: Tensor) -> Tensor:
+    """`encoder(rows)` for a row-wise encoder, run once per distinct row and gathered back.
+
+    Most steps of a batch show the empty or a repeated message (a rollout of 528 steps holds
+    ~55 distinct ones). The gather's backward sums the gradients of the copies of a row
+    before the encoder's backward, which is the same sum taken earlier.
+    """
+    distinct, inverse = distinct_rows(rows)
+    if distinct.shape[0] == rows.shape[0]:
+        return encoder(rows)
+    return encoder(distinct).index_select(0, inverse)
+
+
+class EncodingCache:
+    """Encodings of rows seen before, valid while the encoder's weights are unchanged.
+
+    For acting (inference mode): a rollout step shows ~6 distinct messages in 16 envs, but a
+    whole rollout only ~55, most of them seen in earlier steps. The weights are identified by
+    each parameter's identity, storage and version counter (bumped by every in-place change:
+    `load_state_dict`, an optimiser step), so new weights empty the cache.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._weights: tuple | None = None
+        self._store: dict[bytes, Tensor] = {}
+
+    def _sync_weights(self, encoder: nn.Module) -> None:
+        weights = tuple((id(p), p.data_ptr(), p._version) for p in encoder.parameters())
+        if weights != self._weights or len(self._store) > self.capacity:
+            self._weights, self._store = weights, {}
+
+    def encode(self, encoder: nn.Module, rows: Tensor) -> Tensor:
+        self._sync_weights(encoder)
+        distinct, inverse = distinct_rows(rows)
+        keys = [row.tobytes() for row in distinct.cpu().numpy()]
+        missing = [i for i, key in enumerate(keys) if key not in self._store]
+        if missing:
+            for i, encoded in zip(missing, encoder(distinct[missing])):
+                self._store[keys[i]] = encoded
+        return torch.stack([self._store[key] for key in keys]).index_select(0, inverse)
+
+
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -138,8 +193,14 @@ class SkillPolicyNet(nn.Module):
         crop: (H, W) of crop_chars / crop_colors.
         sizes: a `NetSizes` (default `paper_sizes()`); keyword overrides replace its fields.
         message_encoder: factory `NetSizes -> nn.Module` mapping (N, 256) uint8 char codes to
-            (N, out_dim) floats, with an `out_dim` attribute. Default: the reward model's
-            char-CNN (`mmotif.rewards.model.MessageEncoder`).
+            (N, out_dim) floats row by row, with an `out_dim` attribute. Default: the reward
+            model's char-CNN (`mmotif.rewards.model.MessageEncoder`).
+
+    Exact shortcuts, each an attribute (True by default; False is the reference path, kept
+    for tests and benchmarks):
+    - `distinct_messages`: encode each distinct message of a batch once (`encode_distinct`);
+    - `cache_messages`: in inference mode (`act`), keep the encodings of messages seen
+      before under the same weights (`EncodingCache`).
     """
 
     def __init__(self, num_skills: int, crop: tuple[int, int] = DEFAULT_CROP, sizes: NetSizes | None = None,
@@ -157,6 +218,9 @@ class SkillPolicyNet(nn.Module):
         self.core = nn.GRU(core_in, sizes.core_hidden, num_layers=1)
         self.actor = nn.Linear(sizes.core_hidden, sizes.num_actions)
         self.critic = nn.Linear(sizes.core_hidden, 1)
+        self.distinct_messages = True
+        self.cache_messages = True
+        self._message_cache = EncodingCache()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -184,8 +248,15 @@ class SkillPolicyNet(nn.Module):
         return torch.cat([
             self.crop_encoder(obs["crop_chars"], obs["crop_colors"]),
             self.blstats_encoder(obs["blstats"].float()),
-            self.message_encoder(obs["message"]),
+            self._encode_messages(obs["message"]),
         ], dim=-1)
+
+    def _encode_messages(self, message: Tensor) -> Tensor:
+        if self.cache_messages and torch.is_inference_mode_enabled():
+            return self._message_cache.encode(self.message_encoder, message)
+        if self.distinct_messages:
+            return encode_distinct(self.message_encoder, message)
+        return self.message_encoder(message)
 
     def _run_core(self, x: Tensor, h: Tensor, dones: Tensor | None) -> tuple[Tensor, Tensor]:
         """GRU over (T, B, F) from h (1, B, H), zeroing the state after episode ends.
