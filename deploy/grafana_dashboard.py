@@ -26,14 +26,16 @@ LAYOUT = [
                     "mmotif_parse_failures_total", "mmotif_annotation_failures_total",
                     "mmotif_dedup_hit_rate"]),
     ("Reward models", ["mmotif_reward_model_version", "mmotif_reward_model_accuracy"]),
-    ("Evaluation and health", ["mmotif_task_success", "mmotif_actor_restarts_total"]),
+    ("Evaluation and health", ["mmotif_task_success", "mmotif_actor_restarts_total",
+                               "mmotif_actor_replacements_total", "mmotif_env_rebuilds_total"]),
 ]
 UNITS = {"mmotif_env_steps_per_second": "ops", "mmotif_env_steps_total": "ops",
          "mmotif_labels_per_second": "ops", "mmotif_labels_total": "ops",
          "mmotif_skill_usage": "percentunit", "mmotif_dedup_hit_rate": "percentunit",
          "mmotif_reward_model_accuracy": "percentunit", "mmotif_task_success": "percentunit"}
 INCREASE_OF = {"mmotif_actor_restarts_total", "mmotif_parse_failures_total",
-               "mmotif_annotation_failures_total"}
+               "mmotif_annotation_failures_total", "mmotif_actor_replacements_total",
+               "mmotif_env_rebuilds_total"}
 MAX_OF = {"mmotif_policy_version", "mmotif_reward_model_version"}  # versions: newest
 SELECTOR = '{SessionName=~"$SessionName"}'
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -114,6 +114,35 @@ def test_rayjob_has_entrypoint_and_cluster_spec():
     assert "head" in head["rayStartParams"]["resources"]
 
 
+def _rayjob_pod_templates(spec: dict) -> dict:
+    """name -> pod template of every pod the RayJob starts: head, worker groups, job submitter."""
+    cluster = spec["rayClusterSpec"]
+    pods = {"head": cluster["headGroupSpec"]["template"], "submitter": spec.get("submitterPodTemplate", {})}
+    pods.update({g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]})
+    return pods
+
+
+def test_rayjob_dashboard_is_fenced_by_a_network_policy_and_token_auth():
+    docs = _kuberay()
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1, "a NetworkPolicy must fence the Ray pods (the dashboard binds 0.0.0.0)"
+    policy = policies[0]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    selector = policy["podSelector"]["matchLabels"]
+    for name, template in _rayjob_pod_templates(job["spec"]).items():
+        labels = template.get("metadata", {}).get("labels", {})
+        assert selector.items() <= labels.items(), f"the {name} pod is outside the NetworkPolicy"
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        peers_are_ray_pods = all(peer.keys() == {"podSelector"} and peer["podSelector"]["matchLabels"] == selector
+                                 for peer in rule["from"])
+        assert peers_are_ray_pods or (ports and 8265 not in ports and 6379 not in ports), \
+            f"a rule lets other pods reach the dashboard or GCS: {rule}"
+    # token auth pinned, not left to Ray's version default (KubeRay >= 1.5.1 generates the Secret)
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+
+
 def test_rayjob_config_is_mounted_and_valid(tmp_path):
     docs = {d["kind"]: d for d in _kuberay()}
     spec = docs["RayJob"]["spec"]

@@ -1,6 +1,8 @@
 """Injected faults on real Ray: an env process that segfaults, an env that hangs, a NaN
 reward, an annotator actor killed mid-run."""
 
+import json
+import logging
 import socket
 import sqlite3
 import threading
@@ -96,3 +98,47 @@ def test_dead_llm_server_is_counted_and_never_blocks_learning(tmp_path, ray_loca
     assert summary["env_steps"] > 4096, "learning went on while every LLM call failed"
     rows = [r["annotation_failures_total"] for r in read_metrics(tmp_path / "run") if "annotation_failures_total" in r]
     assert rows and rows[-1] == driver.counters.annotation_failures
+
+
+def test_an_env_that_cannot_reset_is_rebuilt_counted_and_its_screen_kept(tmp_path, ray_local):
+    # actor 0's first env fails its second reset (the first episode ends at 64 steps, mid-rollout)
+    cfg = local_cfg(tmp_path, time_limit_s=120, env={"max_episode_steps": 64}, learner={"total_env_steps": 2048},
+                    faults={"reset_fails_at_attempt": 2, "reset_fails_times": 1})
+    driver = Driver(cfg)
+    summary = driver.run()
+    assert summary["status"] == "finished" and driver.counters.env_rebuilds == 1
+    assert driver.counters.actor_restarts == 0 and driver.counters.actor_replacements == 0
+    rows = [r["env_rebuilds_total"] for r in read_metrics(tmp_path / "run") if "env_rebuilds_total" in r]
+    assert rows == [1]
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "env_rebuilds.jsonl").read_text().splitlines()]
+    assert (record["actor"], record["env"], record["rebuilt"]) == (0, 0, True)
+    assert any("welcome to NetHack" in line for line in record["screen"]), record["screen"]
+    assert summary["env_steps"] >= 2048, "training went on"
+
+
+def test_a_rollout_that_raises_is_replaced_and_the_run_goes_on(tmp_path, ray_local, caplog):
+    from mmotif.skills.env import MAX_GAME_REBUILDS
+
+    cfg = local_cfg(tmp_path, time_limit_s=120, env={"max_episode_steps": 64}, learner={"total_env_steps": 2048},
+                    faults={"reset_fails_at_attempt": 2, "reset_fails_times": MAX_GAME_REBUILDS + 1})
+    driver = Driver(cfg)
+    with caplog.at_level(logging.WARNING, logger="mmotif"):
+        summary = driver.run()
+    assert summary["status"] == "finished" and driver.counters.actor_replacements == 1
+    assert any("raised ResetError" in r.getMessage() and "replaced by a fresh actor" in r.getMessage()
+               for r in caplog.records)
+    rows = [r["actor_replacements_total/rollout"] for r in read_metrics(tmp_path / "run")
+            if "actor_replacements_total/rollout" in r]
+    assert rows == [1]
+    assert summary["env_steps"] >= 2048, "the fresh actor trained on"
+
+
+def test_when_every_replacement_is_spent_the_run_stops_cleanly(tmp_path, ray_local):
+    cfg = local_cfg(tmp_path, time_limit_s=300, env={"max_episode_steps": 64},
+                    actors={"max_replacements": 0},
+                    faults={"reset_fails_at_attempt": 2, "reset_fails_times": 100})
+    started = time.time()
+    summary = Driver(cfg).run()
+    assert summary["status"].startswith("stopped: no rollout actor left"), summary["status"]
+    assert time.time() - started < 200, "the run ended instead of idling to its time limit"
+    assert (tmp_path / "run" / "report" / "index.html").exists()

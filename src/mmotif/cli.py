@@ -87,7 +87,7 @@ def cmd_run(args) -> int:
         overrides["paths"] = {"run_dir": str(args.run_dir)}
     if overrides:
         cfg = with_overrides(cfg, overrides, "command line")
-    print(f"mmotif run '{cfg.name}' -> {cfg.paths.run_dir}  (Ray dashboard: http://{cfg.cluster.dashboard_host}:8265)")
+    print(f"mmotif run '{cfg.name}' -> {cfg.paths.run_dir}")  # the driver prints the dashboard's address
     try:
         summary = Driver(cfg, resume=args.resume).run()
     except (CheckpointError, TrainingStopped) as err:

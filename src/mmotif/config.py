@@ -213,6 +213,9 @@ class ActorsConfig(_Section):
     rollouts_in_flight: int = Field(
         2, ge=1, le=4, description="collect calls queued per rollout actor: with 2, an actor starts its next "
         "rollout while the driver hands the last one on (double buffering; one more policy version of lag)")
+    max_replacements: int = Field(
+        8, ge=0, description="rollout actors the driver may replace by fresh ones over a run (a rollout "
+        "that raised; an actor Ray could not restart); once spent, the run goes on with the others")
 
     @field_validator("num_actors")
     @classmethod
@@ -258,6 +261,12 @@ class FaultsConfig(_Section):
     stall_seconds: float = Field(3600.0, gt=0)
     nan_reward_at_update: int | None = Field(
         None, ge=0, description="the learner's batch at this update gets a NaN reward")
+    reset_fails_at_attempt: int = Field(
+        0, ge=0, description="rollout actor 0's first env fails this reset attempt (1 = its first; 0: off): "
+        "its game never reaches the move loop")
+    reset_fails_times: int = Field(
+        1, ge=1, description="attempts in a row that fail from reset_fails_at_attempt on (more than the "
+        "env's rebuilds make its rollout raise)")
 
 
 class ClusterConfig(_Section):

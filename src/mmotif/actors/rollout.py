@@ -28,6 +28,8 @@ class RolloutWorker:
         self.actor_id = actor_id
         self.T = cfg.learner.rollout
         self.venv = make_vector_env(cfg, num_envs or cfg.actors.envs_per_actor, seed)
+        if actor_id == 0 and cfg.faults.reset_fails_at_attempt:
+            self.venv.envs[0].inject_reset_failures(cfg.faults.reset_fails_at_attempt, cfg.faults.reset_fails_times)
         self.net: SkillPolicyNet = make_network(cfg).eval()
         self.policy_version = -1
         B = self.venv.num_envs
@@ -45,6 +47,7 @@ class RolloutWorker:
         """New action-sampling and caption-sampling seeds (after a restart). A restarted
         actor is a new process: injected faults belonged to its first life."""
         self._crash_at, self._stall_at = [], []
+        self.venv.envs[0].inject_reset_failures(0, 0)
         torch.manual_seed(seed)
         for i, env in enumerate(self.venv.envs):
             env.reseed(seed * 10_007 + i)
@@ -100,6 +103,9 @@ class RolloutWorker:
 
     def pop_finished_episodes(self) -> list[dict]:
         return self.venv.pop_finished_episodes()
+
+    def pop_rebuilds(self) -> list[dict]:
+        return [{"actor": self.actor_id, **record} for record in self.venv.pop_rebuilds()]
 
     def close(self) -> None:
         self.venv.close()

@@ -36,8 +36,22 @@ SPELL_TYPES = {b"healing": 0, b"protection": 1, b"sleep": 2}
 MAX_PROMPT_KEYS = 64  # keys the prompt handler may send after one action before giving up
 
 
+MAX_RESET_KEYS = 1000  # keys `reset` may send to get past the intro into the move loop
+
+
 class GameOverError(RuntimeError):
     pass
+
+
+class ResetError(GameOverError):
+    """A new game did not reach the move loop; `state` is what the screen and prompt showed."""
+
+    def __init__(self, message: str, state: dict):
+        super().__init__(message)
+        self.state = state
+
+    def __reduce__(self):  # crosses process boundaries (a Ray task's error) with its state
+        return type(self), (str(self), self.state)
 
 
 class NetHackGame:
@@ -93,15 +107,16 @@ class NetHackGame:
         return [bytes(row).rstrip(b"\0").decode("latin-1") for row in strs if row[0]]
 
     # -- episode -------------------------------------------------------------------
-    def reset(self) -> None:
+    def reset(self, max_keys: int = MAX_RESET_KEYS) -> None:
         self.obs = self._nh.reset()
         self.done = False
-        for _ in range(1000):  # get past the intro --More--s into the move loop
+        self.keys_sent = 0
+        for _ in range(max_keys):  # get past the intro --More--s into the move loop
             if self.obs[_K["program_state"]][3] and not self._pending_prompt():
                 break
             self._send(A.SPACE)
         else:
-            raise GameOverError("NetHack did not reach the move loop after 1000 keys")
+            raise ResetError(f"NetHack did not reach the move loop after {max_keys} keys", self.screen_state())
         self._refresh_message()
         letters = self.inv_letters
         self.starting_letters = frozenset(int(c) for c in letters[letters > 0])
@@ -123,6 +138,21 @@ class NetHackGame:
 
     def close(self) -> None:
         self._nh.close()
+
+    def screen_state(self) -> dict:
+        """What the game shows now, as plain values (for a log line or a JSON record): the
+        screen's non-blank lines, the message, the prompt flags (misc: yn, getline, --More--),
+        program_state and whether the game is over."""
+        if not self.obs:
+            return {"screen": [], "message": "", "misc": [], "program_state": [], "done": self.done}
+        lines = [bytes(row).decode("latin-1").rstrip() for row in self.tty_chars]
+        return {
+            "screen": [line for line in lines if line.strip()],
+            "message": self.obs[_K["message"]].tobytes().rstrip(b"\0").decode("latin-1"),
+            "misc": self.obs[_K["misc"]].tolist(),
+            "program_state": self.obs[_K["program_state"]].tolist(),
+            "done": bool(self.done), "keys_sent": self.keys_sent,
+        }
 
     # -- internals -----------------------------------------------------------------
     def _send(self, key: int) -> None:

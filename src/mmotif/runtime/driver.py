@@ -49,6 +49,17 @@ MIN_ANNOTATE_INTERVAL_S = 0.5  # per annotator, between the starts of two calls
 RETRAIN_CHECK_INTERVAL_S = 2.0  # between asking the reward trainer whether a retrain is due
 TIE_WARNING_SHARE = 0.9  # a skill whose labels are mostly ties teaches its reward model nothing
 TIE_WARNING_MIN_LABELS = 200
+MAX_PING_FAILURES = 3  # `ready` pings failed in a row: Ray cannot bring the actor back (restarts spent)
+
+
+def _cause_line(err: Exception) -> str:
+    """One line naming what a failed Ray call raised (the remote exception, not Ray's wrapper)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        text = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {text[0][:600]}" if text else type(cause).__name__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1][:600]}" if text else type(err).__name__
 
 
 class TrainingStopped(RuntimeError):
@@ -68,6 +79,8 @@ class RunCounters:
     reward_versions: list = field(default_factory=list)
     episodes: int = 0
     actor_restarts: int = 0  # rollout actors
+    actor_replacements: int = 0  # rollout actors replaced by fresh ones (see Driver._replace_rollout_actor)
+    env_rebuilds: int = 0  # games rebuilt after a reset that never reached the move loop
     annotator_restarts: int = 0
     annotation_failures: int = 0  # calls that raised (the LLM/server failed), actor alive
 
@@ -98,13 +111,18 @@ class Driver:
         kwargs = dict(include_dashboard=True, dashboard_host=c.dashboard_host,
                       logging_level=logging.WARNING, log_to_driver=True)
         if c.address:
-            ray.init(address=c.address, **kwargs)
+            context = ray.init(address=c.address, **kwargs)
         else:
             # Locally, every actor gets a logical CPU even when the machine has fewer cores:
             # NLE stepping, the learner and the LLM then share the cores.
             n = self.cfg.actors.num_actors
             needed = (n if isinstance(n, int) else 1) * self.cfg.actors.threads_per_actor + 3
-            ray.init(num_cpus=c.num_cpus or max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
+            context = ray.init(num_cpus=c.num_cpus or max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
+        # the real address: Ray takes another port when 8265 is in use
+        url = getattr(context, "dashboard_url", None)
+        self.dashboard_url = f"http://{url}" if url and "://" not in url else url or None
+        print(f"mmotif: Ray dashboard at {self.dashboard_url}" if self.dashboard_url
+              else "mmotif: no Ray dashboard (is ray[default] installed?)", flush=True)
 
     def _place_actors(self, learner_state: dict | None) -> None:
         cfg, cfg_data = self.cfg, self.cfg.model_dump(mode="json")
@@ -116,6 +134,7 @@ class Driver:
         ).remote(cfg_data, learner_state)
         # actor -> its `ready` ping: an actor gets no work until it answers (new or restarted)
         self._awaiting: dict = {}
+        self._ping_failures: dict = {}  # actor -> `ready` pings failed in a row
         self._died: set = set()  # rollout actors restarting: reseeded when they answer
         self._surplus_seen = 0
         self._next_growth_check = time.time() + GROWTH_CHECK_S
@@ -129,12 +148,14 @@ class Driver:
         self.with_annotation = bool(self.annotators)
 
     def _add_rollout_actors(self, n: int) -> None:
-        cfg_data = self.cfg.model_dump(mode="json")
         for _ in range(n):
-            i = len(self.actors)
-            actor = RolloutActor.options(**rollout_actor_options(self.cfg)).remote(cfg_data, i, self.cfg.seed * 1000 + i)
-            self.actors.append(actor)
-            self._awaiting[actor] = actor.ready.remote()
+            self.actors.append(self._new_rollout_actor(len(self.actors)))
+
+    def _new_rollout_actor(self, i: int):
+        cfg_data = self.cfg.model_dump(mode="json")
+        actor = RolloutActor.options(**rollout_actor_options(self.cfg)).remote(cfg_data, i, self.cfg.seed * 1000 + i)
+        self._awaiting[actor] = actor.ready.remote()
+        return actor
 
     def _grow_with_the_cluster(self) -> None:
         """With `actors.num_actors: auto`, CPUs the autoscaler added become rollout actors.
@@ -195,7 +216,8 @@ class Driver:
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         try:
             self._loop()
-            status = "stopped by Ctrl-C" if self._stop_requested else "finished"
+            status = ("stopped by Ctrl-C" if self._stop_requested else
+                      "stopped: no rollout actor left (actors.max_replacements spent)" if not self.actors else "finished")
         except BaseException:
             self.metrics.close()
             raise
@@ -251,6 +273,8 @@ class Driver:
         deadline = time.time() + cfg.time_limit_s if cfg.time_limit_s else None
         while not self._stop_requested:
             if self.counters.env_steps >= cfg.learner.total_env_steps or (deadline and time.time() > deadline):
+                break
+            if not self.actors:  # every replacement spent (see _replace_rollout_actor)
                 break
             for actor in self._answering(self.actors):  # an actor runs its calls in order
                 if actor in self._died:  # a fresh seed: no replay of the dead one's games
@@ -321,10 +345,38 @@ class Driver:
             self.counters.actor_restarts += 1
             self._await_restart(actor, "rollout", self.counters.actor_restarts, err)
             self._died.add(actor)
-            # its other queued rollouts died with it: one death, not several
-            for other in [r for r, (a, _) in self._pending.items() if a is actor]:
-                del self._pending[other]
+            self._drop_rollouts_of(actor)  # its other queued rollouts died with it: one death, not several
             return False
+        except ray.exceptions.RayError as err:  # the rollout raised (an env that cannot reset, ...)
+            self._replace_rollout_actor(actor, f"raised {_cause_line(err)}")
+            return False
+
+    def _drop_rollouts_of(self, actor) -> None:
+        for other in [r for r, (a, _) in self._pending.items() if a is actor]:
+            del self._pending[other]
+
+    def _replace_rollout_actor(self, actor, why: str) -> None:
+        """A rollout actor whose rollout raised, or that Ray cannot bring back, makes way for a
+        fresh one in its place (new process, new NLE games) while `actors.max_replacements`
+        lasts; after that its place is dropped and the run goes on with the other actors."""
+        self._drop_rollouts_of(actor)
+        for per_actor in (self._awaiting, self._last_rollout_at, self._ping_failures):
+            per_actor.pop(actor, None)
+        self._died.discard(actor)
+        ray.kill(actor, no_restart=True)
+        slot, budget = self.actors.index(actor), self.cfg.actors.max_replacements
+        if self.counters.actor_replacements >= budget:
+            self.actors.pop(slot)
+            log.error("rollout actor %d %s; the replacement budget (actors.max_replacements: %d) is spent, "
+                      "%d rollout actor(s) left", slot, why, budget, len(self.actors))
+            return
+        self.counters.actor_replacements += 1
+        log.warning("rollout actor %d %s; replaced by a fresh actor (%d of %d)", slot, why,
+                    self.counters.actor_replacements, budget)
+        self.actors[slot] = self._new_rollout_actor(slot)
+        self._died.add(self.actors[slot])  # reseeded when it answers, like a restarted actor
+        self.metrics.record(self.counters.env_steps,
+                            {"actor_replacements_total/rollout": self.counters.actor_replacements})
 
     def _await_restart(self, actor, role: str, restarts: int, err: Exception) -> None:
         """A dead actor (Ray restarts it) gets work again once it answers `ready`."""
@@ -344,9 +396,14 @@ class Driver:
             try:
                 ray.get(ping)
                 del self._awaiting[actor]
+                self._ping_failures.pop(actor, None)
                 back.append(actor)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                self._awaiting[actor] = actor.ready.remote()
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+                failures = self._ping_failures[actor] = self._ping_failures.get(actor, 0) + 1
+                if failures >= MAX_PING_FAILURES and actor in self.actors:
+                    self._replace_rollout_actor(actor, f"did not come back ({_cause_line(err)})")
+                else:
+                    self._awaiting[actor] = actor.ready.remote()
         return back
 
     def _learner_result(self, ref) -> dict | None:
@@ -382,7 +439,8 @@ class Driver:
         counts (mmotif.skills.competence) become events per 1,000 steps of the acting skill:
         `competence/<skill>:<event>` over this process's run, `competence_recent/...` over
         the latest COMPETENCE_WINDOW_STEPS env steps of finished episodes."""
-        episodes, captions = side_log
+        episodes, captions, rebuilds = side_log
+        self._record_rebuilds(rebuilds)
         self.sampler.add_captions(captions)
         append_captions(self.run_dir / "captions.jsonl", captions)
         if episodes:
@@ -398,6 +456,21 @@ class Driver:
                 **metric_values(self._competence_recent.rates(), "competence_recent"),
             })
         self._poll_random_baseline()
+
+    def _record_rebuilds(self, records: list[dict]) -> None:
+        """Resets that never reached the move loop (mmotif.skills.env): each logged with its
+        screen and prompt state and kept in env_rebuilds.jsonl; rebuilt games counted."""
+        if not records:
+            return
+        with open(self.run_dir / "env_rebuilds.jsonl", "a") as f:
+            for r in records:
+                f.write(json.dumps({"env_steps": self.counters.env_steps, "time": time.time(), **r}) + "\n")
+        for r in records:
+            log.warning("rollout actor %d env %d: %s (misc %s, program_state %s)%s; screen: %s", r["actor"],
+                        r["env"], r["error"], r["misc"], r["program_state"],
+                        "; rebuilt with a fresh NLE game" if r["rebuilt"] else "", " | ".join(r["screen"])[:400])
+        self.counters.env_rebuilds += sum(bool(r["rebuilt"]) for r in records)
+        self.metrics.record(self.counters.env_steps, {"env_rebuilds_total": self.counters.env_rebuilds})
 
     # -- competence yardstick ---------------------------------------------------------------
     _baseline_ref = None  # the random baseline's Ray task while it runs

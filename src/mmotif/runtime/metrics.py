@@ -42,6 +42,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mmotif_reward_model_version", GAUGE, "reward-model version used by the learner"),
     MetricSpec("mmotif_reward_model_accuracy", GAUGE, "held-out accuracy of the reward model", ("skill",)),
     MetricSpec("mmotif_actor_restarts_total", COUNTER, "rollout/annotator actors restarted", ("role",)),
+    MetricSpec("mmotif_actor_replacements_total", COUNTER,
+               "actors replaced by fresh ones (a rollout that raised; an actor Ray could not bring back)", ("role",)),
+    MetricSpec("mmotif_env_rebuilds_total", COUNTER,
+               "NetHack games rebuilt (a fresh NLE instance) after a reset that never reached the move loop"),
     MetricSpec("mmotif_task_success", GAUGE, "evaluation success rate of a task", ("task", "check")),
 )
 METRIC_NAMES = tuple(m.name for m in METRICS)

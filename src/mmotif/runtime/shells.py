@@ -36,9 +36,9 @@ class RolloutActor:
     @ray.method(num_returns=2)
     def collect(self):
         """Two objects: the trajectory (the driver passes its ref on to the learner) and the
-        rollout's side log for the driver (finished episodes, sampled captions)."""
+        rollout's side log for the driver (finished episodes, sampled captions, failed resets)."""
         batch = self.worker.collect()
-        return batch, (self.worker.pop_finished_episodes(), self.worker.pop_captions())
+        return batch, (self.worker.pop_finished_episodes(), self.worker.pop_captions(), self.worker.pop_rebuilds())
 
     def ready(self) -> bool:
         """Answers once the envs are built (after a restart too)."""

@@ -33,13 +33,14 @@ from mmotif.nethack.features import (
     BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, InventoryCounts, MessageCounter,
     sees_branch_staircase, window_around_hero, window_slices, write_blstats, write_crop,
 )
-from mmotif.nethack.game import NetHackGame
+from mmotif.nethack.game import MAX_RESET_KEYS, NetHackGame, ResetError
 from mmotif.skills.code_policy import CodePolicy, CodePolicyError, SurroundingsView
 from mmotif.skills.competence import CompetenceCounter
 from mmotif.skills.specs import SkillSet
 
 UNKNOWN_BRANCH = -2
 PRECONDITION_CACHE_SIZE = 4096
+MAX_GAME_REBUILDS = 3  # fresh NLE instances one reset may try before the env gives up
 
 
 @dataclass
@@ -80,6 +81,10 @@ class SkillEnv(gym.Env):
         self.caption_rate = caption_rate
         self.caption_gap = caption_gap
         self.game = NetHackGame(wizard=wizard)
+        self._wizard = wizard
+        self.rebuilds: list[dict] = []  # one record per failed reset: its screen, and whether a fresh game followed
+        self._reset_attempts = 0
+        self._failing_attempts = range(0)  # injected faults (tests): attempts whose game never starts
         self.messages = MessageCounter(msg_max_keys)
         self.inventory = InventoryCounts()
         self._rng = np.random.default_rng(seed)
@@ -123,8 +128,37 @@ class SkillEnv(gym.Env):
         self._rng = np.random.default_rng(seed)
 
     # -- core (used directly by the vector env) -------------------------------------
+    def inject_reset_failures(self, at_reset: int, times: int) -> None:
+        """Fault injection (tests, soak): this env's `at_reset`-th reset attempt (1 = the first)
+        and the `times - 1` after it fail for real (the game gets no keys to leave the intro)."""
+        self._failing_attempts = range(at_reset, at_reset + times) if at_reset > 0 else range(0)
+
+    def pop_rebuilds(self) -> list[dict]:
+        records, self.rebuilds = self.rebuilds, []
+        return records
+
+    def _reset_game(self) -> None:
+        """Start a new game; a game that cannot reach the move loop is replaced by a fresh NLE
+        instance (up to MAX_GAME_REBUILDS times), each failure recorded with its screen."""
+        for attempt in range(1, MAX_GAME_REBUILDS + 2):
+            try:
+                self._attempt_reset()
+                return
+            except ResetError as err:
+                give_up = attempt > MAX_GAME_REBUILDS
+                self.rebuilds.append({"attempt": attempt, "rebuilt": not give_up, "error": str(err), **err.state})
+                if give_up:
+                    raise ResetError(f"{err}; still failing after {MAX_GAME_REBUILDS} fresh NLE instances "
+                                     f"(last screen: {' | '.join(err.state['screen'])[:400]})", err.state) from None
+                self.game.close()
+                self.game = NetHackGame(wizard=self._wizard)
+
+    def _attempt_reset(self) -> None:
+        self._reset_attempts += 1
+        self.game.reset(max_keys=0 if self._reset_attempts in self._failing_attempts else MAX_RESET_KEYS)
+
     def begin_episode(self) -> None:
-        self.game.reset()
+        self._reset_game()
         self.messages.reset()
         self.inventory = InventoryCounts()
         self._precondition_cache: dict = {}

@@ -73,6 +73,10 @@ class VectorSkillEnv:
     def pop_captions(self) -> list[Caption]:
         return [c for env in self.envs for c in env.pop_captions()]
 
+    def pop_rebuilds(self) -> list[dict]:
+        """Failed resets since the last call (see SkillEnv._reset_game), each with its env's index."""
+        return [{"env": i, **record} for i, env in enumerate(self.envs) for record in env.pop_rebuilds()]
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
