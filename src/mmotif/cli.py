@@ -75,8 +75,31 @@ def cmd_config_show(args) -> int:
     return 0
 
 
+def _extras_installed(cfg) -> bool:
+    """The default annotator needs the `embedded` extra, `metrics.wandb` the `wandb` one: say so
+    before Ray starts actors that would fail one after another."""
+    import importlib.util
+
+    if cfg.metrics.wandb and importlib.util.find_spec("wandb") is None:
+        print("mmotif: metrics.wandb needs the wandb package: pip install 'mmotif[wandb]'", file=sys.stderr)
+        return False
+    if cfg.annotator.backend != "embedded" or cfg.annotator.num_annotators == 0:
+        return True
+    from mmotif.annotators.backends.base import BackendError
+    from mmotif.annotators.backends.embedded import require_extra
+
+    try:
+        require_extra()
+    except BackendError as err:
+        print(f"mmotif: {err}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_run(args) -> int:
     cfg = _config(args)  # a bad config fails before the heavy imports
+    if not _extras_installed(cfg):
+        return 2
     from mmotif.runtime.checkpoint import CheckpointError
     from mmotif.runtime.driver import Driver, TrainingStopped
 
@@ -99,6 +122,8 @@ def cmd_run(args) -> int:
 
 def cmd_annotate(args) -> int:
     cfg = _config(args)
+    if not _extras_installed(cfg):
+        return 2
     from mmotif.annotators.offline import CaptionsFileError, annotate_file
 
     try:

@@ -283,6 +283,13 @@ class PathsConfig(_Section):
                           "None: $MMOTIF_CACHE or ~/.cache/mmotif")
 
 
+class MetricsConfig(_Section):
+    wandb: bool = Field(False, description="also log every metric to Weights & Biases (the `wandb` extra; "
+                                           "WANDB_MODE=offline keeps the run on disk)")
+    wandb_project: str = "mmotif"
+    wandb_entity: str | None = None
+
+
 class RunConfig(_Section):
     """Everything one `mmotif run` needs."""
 
@@ -300,6 +307,7 @@ class RunConfig(_Section):
     paths: PathsConfig = PathsConfig()
     evaluation: EvalConfig = EvalConfig()
     faults: FaultsConfig = FaultsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("skills")
     @classmethod

@@ -36,6 +36,7 @@ from mmotif.runtime.cluster import (
 )
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress, WindowedRate
+from mmotif.runtime.wandb_logger import wandb_logger
 from mmotif.runtime.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 from mmotif.skills.competence import CompetenceTally, WindowTally, metric_values
@@ -202,7 +203,7 @@ class Driver:
         self._annotate_started: dict = {}
         self._retrain_checked_at = 0.0
         self._scored: dict[str, set[str]] = {name: set() for name in names}
-        self.metrics = MetricsSink(self.run_dir)
+        self.metrics = MetricsSink(self.run_dir, wandb=wandb_logger(self.cfg))
         if driver_state:
             self._restore(driver_state)
         elif self.cfg.reward.models is not None:

@@ -129,9 +129,16 @@ class EvalResults:
         (out / "results.md").write_text(self.table_markdown())
         data = {"summary": self.summary(), "episodes": self.episodes}
         (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
-        chart = bar_chart([self], out / f"{self.task.name}.png")
-        self.files.update(markdown=str(out / "results.md"), json=str(out / "results.json"), chart=str(chart))
+        self.files.update(markdown=str(out / "results.md"), json=str(out / "results.json"))
+        if has_matplotlib():  # the chart needs the `plots` extra; the numbers do not
+            self.files["chart"] = str(bar_chart([self], out / f"{self.task.name}.png"))
         return self.files
+
+
+def has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def bar_chart(results: list[EvalResults], path: str | Path) -> Path:
@@ -440,6 +447,6 @@ def cmd_eval(args) -> int:
     if len(all_results) > 1:
         out_root.mkdir(parents=True, exist_ok=True)
         (out_root / "results.md").write_text("\n".join(r.table_markdown() for r in all_results))
-        chart = bar_chart(all_results, out_root / "all_tasks.png")
+        chart = bar_chart(all_results, out_root / "all_tasks.png") if has_matplotlib() else "no chart (no matplotlib)"
         print(f"all tasks: {out_root / 'results.md'}, {chart}")
     return 0

@@ -59,7 +59,7 @@ class MetricsSink:
     `mmotif_<base>` with its tags set to those values.
     """
 
-    def __init__(self, run_dir, use_ray: bool = True, use_tensorboard: bool = True):
+    def __init__(self, run_dir, use_ray: bool = True, use_tensorboard: bool = True, wandb=None):
         import json
         from pathlib import Path
 
@@ -76,6 +76,7 @@ class MetricsSink:
             except ImportError:  # tensorboard not installed: JSON lines and Ray only
                 self._tb = None
         self._ray = _ray_metrics() if use_ray else {}
+        self._wandb = wandb  # a WandbLogger (mmotif.runtime.wandb_logger) or None
         self._totals: dict[tuple, float] = {}
         self._gauges: dict[str, tuple] = {}  # key -> (metric, value, tags)
         self._last_refresh = 0.0
@@ -91,6 +92,9 @@ class MetricsSink:
             if self._tb is not None:
                 self._tb.add_scalar(key, value, step)
             self._to_ray(key, float(value))
+        if self._wandb is not None:
+            self._wandb.log(step, {k: v for k, v in values.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     def _to_ray(self, key: str, value: float) -> None:
         base, _, tag_value = key.partition("/")
@@ -126,6 +130,9 @@ class MetricsSink:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
 
 # record key (before any "/tag") -> metric spec

@@ -23,12 +23,19 @@ import os
 import sqlite3
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 COMPETENCE_TITLE = "Skill competence: events per 1,000 steps of the skill (dashed: random actions)"
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or None without the `plots` extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -89,7 +96,8 @@ def _draw_panel(ax, rows: list[dict], keys: list[str], ylabel: str, smooth: int)
 
 def _plot_panels(path: Path, rows: list[dict], title: str, panels: list[tuple]) -> bool:
     panels = [p for p in panels if any(_series(rows, k)[0] for k in p[1])]
-    if not panels:
+    plt = _pyplot()
+    if not panels or plt is None:
         return False
     cols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / cols)
@@ -118,7 +126,8 @@ def _plot_competence(path: Path, rows: list[dict]) -> bool:
     schedule as a dashed line (`competence_random/`), or, for a skill the random games never
     reached, the random rate over all steps as a dotted line (`competence_random_any/`)."""
     names = sorted({k.split("/", 1)[1] for k in _keys(rows, "competence/") + _keys(rows, "competence_recent/")})
-    if not names:
+    plt = _pyplot()
+    if not names or plt is None:
         return False
     cols = 2 if len(names) > 1 else 1
     nrows = (len(names) + cols - 1) // cols
@@ -442,6 +451,10 @@ figcaption,.note{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:.8em;o
 code{background:#f3f3f3;padding:0 .2em}"""
 
 
+NO_PLOTS = ("<p>No plots: there are no metrics yet, or matplotlib is not installed "
+            "(<code>pip install 'mmotif[plots]'</code>).</p>")
+
+
 def _html(page: dict, run_dir: Path, report_dir: Path) -> str:
     labels = page["labels"]
     label_part = (_html_table(LABEL_HEADERS, [_label_cells(r) for r in labels], "num") if labels
@@ -463,7 +476,7 @@ reward model nothing. Probe margin and accuracy are those of the newest reward-m
 <h2>Evaluation</h2>
 {_evaluation_html(page["evaluation"], report_dir)}
 <h2>Plots</h2>
-{figures}
+{figures or NO_PLOTS}
 <h2>Other numbers (last recorded)</h2>
 {_html_pairs(page["other"])}
 <h2>Files</h2>

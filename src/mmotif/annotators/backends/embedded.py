@@ -197,6 +197,23 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 # Fetch, verify, assemble, convert.
 
 
+EXTRA_PACKAGES = ("transformers", "gguf", "accelerate")  # the `embedded` extra
+
+
+def missing_packages() -> list[str]:
+    """Packages of the `embedded` extra that are not installed."""
+    import importlib.util
+
+    return [name for name in EXTRA_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def require_extra() -> None:
+    missing = missing_packages()
+    if missing:
+        raise BackendError(f"the embedded annotator needs {', '.join(missing)}: pip install 'mmotif[embedded]' "
+                           "(or set annotator.backend to openai, vllm or rules)")
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
@@ -575,6 +592,7 @@ class EmbeddedBackend(LLMBackend):
         device: str = "cpu",
         prefix_cache: bool = True,
     ):
+        require_extra()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
