@@ -1,4 +1,6 @@
-"""The learner core (no Ray): bounded policy lag."""
+"""The learner core (no Ray): bounded policy lag, exact optimisations vs reference, the bf16 path."""
+
+import dataclasses
 
 import torch
 
@@ -51,3 +53,24 @@ def test_train_step_with_distinct_messages_equals_reference(tmp_path):
         assert abs(fast_stats[key] - value) <= 1e-4 * max(1.0, abs(value)), key
     for (name, p), q in zip(fast.net.named_parameters(), reference.net.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_forward_path(tmp_path):
+    """The bf16 forward (meant for a CUDA learner) exercised through CPU autocast: the step
+    trains in float32 weights and lands near the float32 step. On CPU the flag is off."""
+    cfg = load_config(preset_name="local", overrides={
+        "annotator": {"num_annotators": 0},
+        "actors": {"num_actors": 1, "envs_per_actor": 4},
+        "learner": {"batch_size": 64, "rollout": 16, "bf16_autocast": True, "device": "cpu"},
+        "paths": {"run_dir": str(tmp_path / "run")},
+    })
+    worker = RolloutWorker(cfg, 0, seed=4)
+    batch = worker.collect()
+    worker.close()
+    bf16, fp32 = Learner(cfg), Learner(cfg)
+    assert not bf16.hp.autocast_bf16, "bf16 autocast is for CUDA learners only"
+    bf16.hp = dataclasses.replace(bf16.hp, autocast_bf16=True)
+    bf16_stats, fp32_stats = bf16.train([batch]), fp32.train([batch])
+    assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
+    for key in ("loss", "value_loss", "entropy", "vs_mean"):
+        assert abs(bf16_stats[key] - fp32_stats[key]) <= 0.05 * max(1.0, abs(fp32_stats[key])), key

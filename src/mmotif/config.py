@@ -193,6 +193,9 @@ class LearnerConfig(_Section):
         "At the reward's scale (e.g. 0.1) a batch without reward keeps near-zero advantages instead of "
         "unit-size value noise, which helps sparse rewards (bench/README.md, learning_signal)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16_autocast: bool = Field(
+        False, description="a CUDA learner runs the network's forward under bfloat16 autocast (loss, V-trace, "
+        "gradients and Adam stay float32); ignored on CPU. Untested on a GPU so far")
     network: NetworkConfig = NetworkConfig()
 
     @model_validator(mode="after")

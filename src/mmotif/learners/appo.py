@@ -48,6 +48,14 @@ class APPOHyperparams:
     max_grad_norm: float = 4.0
     normalize_advantages: bool = True
     adv_std_floor: float = 1e-3
+    autocast_bf16: bool = False  # the network's forward in bfloat16 autocast (meant for CUDA)
+
+
+def forward_precision(device: torch.device, bf16: bool):
+    """Autocast context for the network's forward: bfloat16 on `device` when `bf16`, else a
+    no-op. Backward runs outside it (autocast's rule); bfloat16 has float32's exponent range,
+    so no gradient scaling is needed. The loss, V-trace and Adam read `.float()` outputs."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def make_optimizer(net: nn.Module, hp: APPOHyperparams) -> torch.optim.Adam:
@@ -193,7 +201,8 @@ def learner_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Mappin
     # Forward from the stored initial state; obs[T] (if present) only yields the bootstrap.
     steps = obs["blstats"].shape[0]
     done_mask = dones if steps == T else torch.cat([dones, torch.zeros_like(dones[:1])], dim=0)
-    logits, values, _ = net(obs, batch["core_state"], done_mask)
+    with forward_precision(actions.device, hp.autocast_bf16):
+        logits, values, _ = net(obs, batch["core_state"], done_mask)
     if steps == T + 1:
         bootstrap_value = values[T].detach()
         logits, values = logits[:T], values[:T]

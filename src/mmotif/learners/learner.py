@@ -9,6 +9,7 @@ publishes a new policy version.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -51,7 +52,9 @@ class Learner:
         self.device = resolve_device(cfg.learner.device)
         torch.manual_seed(cfg.seed)
         self.net = make_network(cfg).to(self.device)
-        self.hp = appo_hyperparams(cfg)
+        # bf16 autocast only where it pays (tensor cores); on CPU it is slower, so it stays off
+        self.hp = dataclasses.replace(appo_hyperparams(cfg),
+                                      autocast_bf16=cfg.learner.bf16_autocast and self.device.type == "cuda")
         self.optimizer = make_optimizer(self.net, self.hp)
         self.skills = tuple(s.name for s in cfg.skills)
         self.rewards = RewardModelSet.constant(self.skills, device=self.device)
