@@ -111,9 +111,15 @@ def cmd_run(args) -> int:
     if overrides:
         cfg = with_overrides(cfg, overrides, "command line")
     print(f"mmotif run '{cfg.name}' -> {cfg.paths.run_dir}")  # the driver prints the dashboard's address
+    from mmotif.rewards.store import PreferenceStoreError
+    from mmotif.rewards.versions import RewardVersionError
+
     try:
         summary = Driver(cfg, resume=args.resume).run()
-    except (CheckpointError, TrainingStopped) as err:
+    except (CheckpointError, PreferenceStoreError, RewardVersionError) as err:  # refused before Ray starts
+        print(f"mmotif: {err}", file=sys.stderr)
+        return 2
+    except TrainingStopped as err:
         print(f"\nmmotif: {err}", file=sys.stderr)
         return 1
     print("\n" + json.dumps(summary, indent=2))
@@ -125,10 +131,11 @@ def cmd_annotate(args) -> int:
     if not _extras_installed(cfg):
         return 2
     from mmotif.annotators.offline import CaptionsFileError, annotate_file
+    from mmotif.rewards.store import PreferenceStoreError
 
     try:
         result = annotate_file(cfg, args.captions, args.store, args.pairs_per_skill)
-    except CaptionsFileError as err:
+    except (CaptionsFileError, PreferenceStoreError) as err:
         print(f"mmotif: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
@@ -138,10 +145,11 @@ def cmd_annotate(args) -> int:
 def cmd_train_rewards(args) -> int:
     cfg = _config(args)
     from mmotif.annotators.offline import train_rewards
+    from mmotif.rewards.store import PreferenceStoreError
 
     try:
         result = train_rewards(cfg, args.store, args.out)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, PreferenceStoreError) as err:
         print(f"mmotif: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

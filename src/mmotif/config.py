@@ -37,7 +37,7 @@ BUILTIN_TRAINING_POLICIES = ("exploration",)  # builtin:<name> (mmotif.skills.bu
 POLICY_CLASS = "NetHackPlayer"  # mmotif.skills.code_policy.CLASS_NAME
 
 
-def _check_policy_file(source: str) -> None:
+def check_policy_file(source: str) -> None:
     """A cheap look at a code-policy file, nothing executed: it exists, is UTF-8 Python text
     and defines class NetHackPlayer."""
     path = Path(source)
@@ -98,7 +98,7 @@ class EnvConfig(_Section):
         # the file is looked at where a user loads the config; actors on other nodes that
         # rebuild it (no shared disk) must not need the file
         if (info.context or {}).get("check_files"):
-            _check_policy_file(source)
+            check_policy_file(source)
         return source
 
 

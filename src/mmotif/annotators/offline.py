@@ -22,9 +22,15 @@ class CaptionsFileError(ValueError):
 def read_captions(path: Path) -> list[Caption]:
     captions = []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
     except FileNotFoundError:
         raise CaptionsFileError(f"captions file not found: {path}") from None
+    except IsADirectoryError:
+        raise CaptionsFileError(f"captions file {path} is a directory, not a JSON-lines file") from None
+    except UnicodeDecodeError as err:
+        raise CaptionsFileError(f"captions file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+    except OSError as err:
+        raise CaptionsFileError(f"captions file {path} cannot be read ({err.strerror or err})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

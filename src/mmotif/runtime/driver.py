@@ -27,7 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmotif.annotators.offline import append_captions
 from mmotif.annotators.sampler import PairSampler
-from mmotif.config import RunConfig
+from mmotif.config import ConfigError, RunConfig
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from mmotif.runtime.cluster import (
@@ -63,6 +63,18 @@ def _cause_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[-1][:600]}" if text else type(err).__name__
 
 
+def _run_folder(path: Path) -> Path:
+    """The run folder, created if missing; a path that is a file (or cannot be made) is a bad
+    `paths.run_dir`, refused in one line."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"paths.run_dir: {path} is a file, not a folder; name a new or existing run folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"paths.run_dir: cannot create the run folder {path} ({err.strerror or err})") from None
+    return path
+
+
 class TrainingStopped(RuntimeError):
     """The learner refused to go on (NaN/Inf); a checkpoint was written."""
 
@@ -89,8 +101,7 @@ class RunCounters:
 class Driver:
     def __init__(self, cfg: RunConfig, resume: bool = False, with_annotation: bool = True):
         self.cfg = cfg
-        self.run_dir = Path(cfg.paths.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = _run_folder(Path(cfg.paths.run_dir))
         if resume:  # refuse a config that cannot continue the run before overwriting its config.yaml
             check_resumable(self.run_dir, cfg)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -188,9 +199,11 @@ class Driver:
         learner_state = driver_state = None
         if self.resume:
             learner_state, driver_state = load_checkpoint(self.run_dir, self.cfg)
+        self.store = PreferenceStore(self.store_path)  # a damaged store or bad reward models: refused before Ray
+        reward_models = None if driver_state or self.cfg.reward.models is None else \
+            self._load_reward_models(Path(self.cfg.reward.models))
         self._start_ray()
         self._place_actors(learner_state)
-        self.store = PreferenceStore(self.store_path)
         names = [s.name for s in self.cfg.skills]
         self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed,
                                    stratum_alpha=self.cfg.annotator.pair_stratum_alpha)
@@ -206,8 +219,8 @@ class Driver:
         self.metrics = MetricsSink(self.run_dir, wandb=wandb_logger(self.cfg))
         if driver_state:
             self._restore(driver_state)
-        elif self.cfg.reward.models is not None:
-            self._start_from_reward_models(Path(self.cfg.reward.models))
+        elif reward_models is not None:
+            self._start_from_reward_models(reward_models)
         self.progress = Progress(names)
         self._throughput = WindowedRate(start_total=self.counters.steps_at_start)
         self._start_competence()
@@ -644,10 +657,20 @@ class Driver:
         if version >= 0:
             ray.get(self.learner.load_reward_version.remote(str(self.reward_root), version))
 
-    def _start_from_reward_models(self, folder: Path) -> None:
-        from mmotif.rewards.versions import load_dir
+    def _load_reward_models(self, folder: Path):
+        """The `reward.models` version; a manifest of the wrong shape (valid JSON that is not
+        a manifest) is refused as a RewardVersionError too, in one line."""
+        from mmotif.rewards.versions import MANIFEST, RewardVersionError, load_dir
 
-        models = load_dir(folder, skills=[s.name for s in self.cfg.skills])
+        try:
+            return load_dir(folder, skills=[s.name for s in self.cfg.skills])
+        except RewardVersionError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise RewardVersionError(f"reward-model version {folder}: malformed {MANIFEST} "
+                                     f"({type(err).__name__}: {str(err)[:200]})") from None
+
+    def _start_from_reward_models(self, models) -> None:
         version = ray.get(self.learner.set_reward_models.remote(models.to_payload()))
         self.counters.reward_versions.append(version)
 

@@ -409,13 +409,32 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval or runs/eval)")
 
 
+def _task_names(tasks: list[str], policy: Path | None) -> list[str]:
+    """The task ids to evaluate; ValueError (one line) for an unknown task or a --policy file
+    that cannot be a policy (checked, not run), before any network is built."""
+    from mmotif.config import check_policy_file
+
+    try:
+        names = list(TASKS) if any(t == "all" for t in tasks) else [get_task(t).name for t in tasks]
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    if policy is not None:
+        if len(names) > 1:
+            raise ValueError("--policy goes with a single --task")
+        if not policy.exists():
+            raise ValueError(f"policy file {policy} not found")
+        check_policy_file(str(policy))
+    return names
+
+
 def cmd_eval(args) -> int:
     from mmotif.config import load_config
     from mmotif.learners.build import make_network
 
-    names = list(TASKS) if any(t == "all" for t in args.task) else [get_task(t).name for t in args.task]
-    if args.policy is not None and len(names) > 1:
-        print("mmotif eval: --policy goes with a single --task", file=sys.stderr)
+    try:
+        names = _task_names(args.task, args.policy)
+    except ValueError as err:
+        print(f"mmotif eval: {err}", file=sys.stderr)
         return 2
     if args.checkpoint is not None:
         from mmotif.runtime.checkpoint import CheckpointError

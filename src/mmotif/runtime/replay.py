@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,8 +318,28 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-html", action="store_true", help="write only the GIF")
 
 
+def _load_recording(path: Path) -> Recording:
+    """Recording.load, with every way a file can fail to be a recording as one ValueError line."""
+    import zipfile
+
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a recording (.npz)")
+    if not path.exists():
+        raise ValueError(f"recording {path} not found")
+    try:
+        return Recording.load(path)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a replay recording ({detail}); expected an .npz from "
+                         f"`mmotif eval --record`") from None
+
+
 def cmd_replay(args) -> int:
-    recording = Recording.load(args.recording)
+    try:
+        recording = _load_recording(Path(args.recording))
+    except ValueError as err:
+        print(f"mmotif replay: {err}", file=sys.stderr)
+        return 2
     out = args.out or args.recording.parent
     stem = args.recording.stem
     gif = render_gif(recording, Path(out) / f"{stem}.gif", every=args.every, max_frames=args.max_frames,
