@@ -10,7 +10,9 @@ LLM) and each seed:
    random actions, under the same policy over skills and env settings, and compute every
    skill's competence rates per episode (`mmotif.skills.competence`: descents per 1,000
    descender steps, new cells and kills per 1,000 discoverer steps, ...), counting only
-   episodes in which the skill acted for at least `--min-skill-steps` steps.
+   episodes in which the skill acted for at least `--min-skill-steps` steps. The same again
+   with each of `--held-skills` held for whole episodes (`competence_held_skill`), which
+   measures skills the exploration schedule reaches only late.
 3. Test: a one-sided permutation test of trained > random on the mean per-episode rate.
 
 Prints one JSON object: per annotator, seed, skill and event the two means, the episode
@@ -73,6 +75,34 @@ def episodes_of(cfg, net, episodes: int, envs: int, seed: int) -> list[dict]:
     return finished[:episodes]
 
 
+HELD_SKILL_POLICY = """
+class NetHackPlayer:
+    def set_initial_values(self):
+        self.skill = {skill!r}
+
+    def skill_precondition(self, skill, view):
+        return True
+
+    def skill_termination(self, skill, skill_time, depth, start_depth, **preconditions):
+        return False
+
+    def perform_task(self, current_skill, dungeon_depth, branch_number, **preconditions):
+        return {skill!r}
+"""
+
+
+def held_skill_config(cfg, skill: str, work: Path):
+    """`cfg` with a policy over skills that runs `skill` for whole episodes.
+
+    Under the exploration schedule the descender starts only after 500 game turns of the
+    discoverer, which a policy that dies early (a uniform-random one prays itself to death
+    in ~90 steps) never reaches: holding the skill measures it from the first step, for the
+    trained network and the random policy alike."""
+    path = work / f"held-{skill}.py"
+    path.write_text(HELD_SKILL_POLICY.format(skill=skill))
+    return cfg.model_copy(update={"env": cfg.env.model_copy(update={"training_policy": str(path)})})
+
+
 def rates(episodes: list[dict], skill: str, event: str, min_steps: int) -> list[float]:
     """Per-episode rate of `event` per PER_STEPS steps of `skill`, where it acted enough."""
     out = []
@@ -110,6 +140,10 @@ def compare(cfg, trained: list[dict], random_: list[dict], min_steps: int, min_e
     return out
 
 
+def mean_length(episodes: list[dict]) -> float:
+    return round(float(np.mean([e["episode_steps"] for e in episodes])), 1)
+
+
 def run_facts(run_dir: Path) -> dict:
     last: dict = {}
     for row in read_metrics(run_dir):
@@ -126,6 +160,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=1800, help="training time per run (at most 30 min)")
     p.add_argument("--episodes", type=int, default=96, help="evaluation episodes, trained and random each")
     p.add_argument("--max-episode-steps", type=int, default=1000, help="episode cap during evaluation")
+    p.add_argument("--held-skills", nargs="*", default=["discoverer", "descender"],
+                   help="skills also measured held for whole episodes (see held_skill_config)")
     p.add_argument("--min-skill-steps", type=int, default=50)
     p.add_argument("--min-episodes", type=int, default=10)
     p.add_argument("--lr", type=float, default=None, help="learner.lr (default: the local preset's)")
@@ -147,11 +183,22 @@ def main() -> None:
             net.eval()
             trained = episodes_of(eval_cfg, net, args.episodes, 16, seed + 1000)
             random_ = episodes_of(eval_cfg, None, args.episodes, 16, seed + 1000)
+            held = {}
+            for skill in args.held_skills:
+                held_cfg = held_skill_config(eval_cfg, skill, work)
+                a = episodes_of(held_cfg, net, args.episodes, 16, seed + 2000)
+                b = episodes_of(held_cfg, None, args.episodes, 16, seed + 2000)
+                held[skill] = {k: v for k, v in compare(held_cfg, a, b, args.min_skill_steps,
+                                                        args.min_episodes).items()
+                               if k.startswith(f"{skill}:")}
+                held[skill]["episode_steps"] = {"trained": mean_length(a), "random": mean_length(b)}
             results.append({
                 "annotator": annotator, "seed": seed, "env_steps": summary["env_steps"],
                 "train_seconds": args.seconds, "wall_s": round(time.time() - t, 1),
                 "run": run_facts(Path(cfg.paths.run_dir)),
+                "episode_steps": {"trained": mean_length(trained), "random": mean_length(random_)},
                 "competence": compare(cfg, trained, random_, args.min_skill_steps, args.min_episodes),
+                "competence_held_skill": held,
                 "run_dir": str(cfg.paths.run_dir),
             })
     print(json.dumps({"bench": "skill_learning", "seconds": round(time.time() - t0, 1),

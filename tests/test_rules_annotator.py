@@ -37,6 +37,26 @@ def test_events_read_the_caption_text():
     assert text_events(Moment("It's a wall.").caption().text) == {"message"}
 
 
+def test_message_events_tell_a_murdered_pet_from_a_fight_won():
+    assert caption_events(Moment("You kill the poor kitten!").caption()) == {"pet_kill"}
+    assert caption_events(Moment("You destroy the lichen!").caption()) == {"kill"}
+    assert caption_events(Moment("$ - 12 gold pieces.", gold=(0, 12)).caption()) == {"gold_pickup", "gold_gain"}
+    assert caption_events(Moment("Welcome to experience level 2.").caption()) == {"xp_level"}
+    assert caption_events(Moment("There is a staircase down here.").caption()) == {"stairs_down"}
+
+
+def test_rules_read_only_what_the_reward_model_sees():
+    """Every rule event is in the current message or the level change (the reward model's
+    input): an HP line alone leaves a caption's score unchanged."""
+    backend = RulesBackend(list(SKILLS))
+    hurt = Moment("", hp=(14, 3)).caption().text
+    calm = Moment("").caption().text
+    for skill in SKILLS:
+        assert backend.score_texts([(skill, hurt)]) == backend.score_texts([(skill, calm)])
+    prayed = Moment("You begin praying to Chih Sung-tzu.").caption().text
+    assert all(backend.score_texts([(s, prayed)])[0] < backend.score_texts([(s, calm)])[0] for s in SKILLS)
+
+
 def test_rules_label_each_skills_target_event_above_a_neutral_moment():
     backend = RulesBackend(list(SKILLS))
     neutral = Moment("It's a wall.").caption()

@@ -17,20 +17,25 @@ from mmotif.nethack.events import EVENTS, text_events
 
 Rules = Mapping[str, Mapping[str, float]]  # skill -> event -> weight
 
-# Every skill avoids dying, losing HP and angering the god (the prompts' god clause). Praying
-# is among them: the 28-action set prays with no altar and no trouble, which the god punishes
-# (a uniform-random policy dies after ~90 steps, almost always by a god's wrath; ~570 steps
-# with PRAY removed). Killing a pet is a murder, not a fight won.
-_AVOID = {"death": -3.0, "god_angry": -3.0, "pet_kill": -3.0, "prayer": -1.0, "hp_loss": -0.5}
+# Rules read only what the reward model sees: the current message and the level change
+# (spec §4.1). A state-change line alone (HP down over the caption's stretch) is not in the
+# model's input, so a rule on it would be label noise to the model.
+# Every skill avoids dying and angering the god (the prompts' god clause), praying included:
+# the 28-action set prays with no altar and no trouble, which the god punishes (a
+# uniform-random policy dies after ~90 steps, mostly by the god's wrath; ~570 steps with
+# PRAY removed). Killing a pet is a murder, not a fight won.
+_AVOID = {"death": -3.0, "god_angry": -3.0, "pet_kill": -3.0, "prayer": -1.0}
 DEFAULT_RULES: dict[str, dict[str, float]] = {
-    # "bold exploration of the level ... fighting monsters and collecting items such as gold"
-    "discoverer": {"kill": 1.0, "gold_gain": 1.0, "hidden": 1.0, "level_up": 1.0, "item": 1.0,
+    # "bold exploration of the level ... fighting monsters and collecting items such as gold".
+    # Not "You see here <item>": an agent paid for it learns to drop its own items and step
+    # back onto them (measured: DROP rose to 27% of its actions).
+    "discoverer": {"kill": 1.0, "gold_pickup": 1.0, "hidden": 1.0, "xp_level": 1.0,
                    "descent": -2.0, "ascent": -2.0, **_AVOID},
     # a staircase underfoot is the step before the skill's goal, worth a third of it
     "descender": {"descent": 3.0, "stairs_down": 1.0, "ascent": -2.0, **_AVOID},
     "ascender": {"ascent": 3.0, "stairs_up": 1.0, "descent": -2.0, **_AVOID},
     "worshipper": {"altar": 2.0, **_AVOID},
-    "merchant": {"shop": 2.0, "gold_gain": 0.5, **_AVOID},
+    "merchant": {"shop": 2.0, "gold_pickup": 0.5, **_AVOID},
 }
 RULES_VERSION = "rules-v2"  # bump when DEFAULT_RULES change: preferences record it
 

@@ -32,9 +32,9 @@ Scorer = Callable[[str, Sequence[Caption]], Sequence[float]]
 # its events in this order (a death with an HP loss is a "death", a kill with gold a "kill").
 # Events of the vocabulary missing here (added to events.py later) rank as rarest of all.
 STRATUM_ORDER: tuple[str, ...] = (
-    "ascent", "altar", "shop", "pet_kill", "prayer", "god_angry", "level_up", "descent", "hidden",
-    "stairs_up", "stairs_down", "death", "gold_loss", "kill", "gold_gain", "item", "hp_loss", "message",
-    "nothing",
+    "ascent", "altar", "shop", "pet_kill", "prayer", "god_angry", "level_up", "xp_level", "descent",
+    "hidden", "stairs_up", "stairs_down", "death", "gold_loss", "kill", "gold_gain", "gold_pickup",
+    "item", "hp_loss", "message", "nothing",
 )
 _RANK = {e: i for i, e in enumerate(STRATUM_ORDER)}
 # Strata of typical moments; every other stratum is an informative, rare one.

@@ -23,10 +23,12 @@ MESSAGE_EVENTS: dict[str, re.Pattern] = {
     "hidden": re.compile(r"\bYou find a hidden\b"),
     # stepping onto objects: what exploring a level turns up (the action set cannot pick up)
     "item": re.compile(r"\bYou see here\b|\bThings that are here\b|\bThere are (?:several|many) objects here\b"),
+    "gold_pickup": re.compile(r"^\$ - \d+ gold pieces?\b"),
+    "xp_level": re.compile(r"\bWelcome to experience level\b"),
     "stairs_down": re.compile(r"\bThere is a staircase down here\b"),
     "stairs_up": re.compile(r"\bThere is a staircase up here\b"),
     "altar": re.compile(r"\baltar\b|\b(amber|black) flash\b"),
-    "shop": re.compile(r"\bshopkeeper\b|\bWelcome to\b|\bzorkmids?\b|\boffers \d+ gold\b"
+    "shop": re.compile(r"\bshopkeeper\b|\bWelcome to (?!experience level)|\bzorkmids?\b|\boffers \d+ gold\b"
                        r"|\b[Ss]ell it\b|\bYou sold\b|\bfor sale\b|\bYou owe\b"),
     "prayer": re.compile(r"\bYou begin praying\b|\bYou finish your prayer\b"),
     "god_angry": re.compile(r"\bThou hast angered me\b|\bis displeased\b|\bthunder\b|\bbooming\b",
