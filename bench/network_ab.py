@@ -25,7 +25,7 @@ import time
 
 import torch
 
-SWITCHES = ("distinct_messages", "cache_messages")
+from mmotif.learners.network import EXACT_SHORTCUTS as SWITCHES
 
 
 def cpu_per_call(fn, seconds: float, min_calls: int = 2) -> float:
@@ -78,8 +78,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for variant in ("off", "on"):
             for target in (net, learner.net):
-                for name in args.switch:
-                    setattr(target, name, variant == "on")
+                target.set_shortcuts(variant == "on", tuple(args.switch))
             costs["act"][variant].append(cpu_per_call(act_rollout, args.seconds) / (T * args.envs) * 1e6)
             costs["learn"][variant].append(cpu_per_call(lambda: learner.train(batches), args.seconds) / samples * 1e6)
 

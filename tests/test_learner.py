@@ -33,9 +33,10 @@ def test_learner_drops_rollouts_older_than_max_policy_lag(tmp_path):
     assert resumed.batches_dropped_for_lag == 1, "the counter must survive a checkpoint (a Prometheus counter)"
 
 
-def test_train_step_with_distinct_messages_equals_reference(tmp_path):
-    """One SGD step on a real rollout (mostly empty or repeated messages): the same stats and
-    the same new weights whether each distinct message is encoded once or every row is."""
+def test_train_step_with_distinct_inputs_equals_reference(tmp_path):
+    """One SGD step on a real rollout (mostly empty or repeated messages, repeated crops): the
+    same stats and the same new weights whether each distinct input is encoded once or every
+    row is."""
     cfg = load_config(preset_name="local", overrides={
         "annotator": {"num_annotators": 0},
         "actors": {"num_actors": 1, "envs_per_actor": 4},
@@ -47,7 +48,7 @@ def test_train_step_with_distinct_messages_equals_reference(tmp_path):
     worker.close()
     assert len({bytes(row) for row in batch.obs["message"].reshape(-1, batch.obs["message"].shape[-1])}) < 40
     fast, reference = Learner(cfg), Learner(cfg)
-    reference.net.distinct_messages = False
+    reference.net.set_shortcuts(False)
     fast_stats, ref_stats = fast.train([batch]), reference.train([batch])
     for key, value in ref_stats.items():
         assert abs(fast_stats[key] - value) <= 1e-4 * max(1.0, abs(value)), key

@@ -169,6 +169,19 @@ def test_other_crop_and_size_override():
 
 
 # ------------------------------------------------------- exact optimisations vs reference
+def like_a_rollout(obs, seed=0):
+    """(T, B) observations made to repeat as in a rollout: messages mostly empty or one of a
+    few texts; a crop unchanged from the step before in about half the steps (the hero did
+    not move)."""
+    obs = with_repeated_messages(obs, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for t in range(1, obs["message"].shape[0]):
+        stayed = torch.rand(obs["message"].shape[1], generator=g) < 0.5
+        for key in ("crop_chars", "crop_colors"):
+            obs[key][t, stayed] = obs[key][t - 1, stayed]
+    return obs
+
+
 def with_repeated_messages(obs, seed=0):
     """Messages as in a rollout: mostly empty, a few distinct texts repeated across steps."""
     g = torch.Generator().manual_seed(seed)
@@ -198,33 +211,34 @@ def forward_and_grads(net, obs, h0, dones):
 
 
 @pytest.mark.parametrize("sizes", [local_sizes(), paper_sizes()], ids=["local", "paper"])
-def test_distinct_messages_same_outputs_and_gradients(sizes):
+def test_distinct_inputs_same_outputs_and_gradients(sizes):
     torch.manual_seed(1)
     net = SkillPolicyNet(K, crop=CROP, sizes=sizes).train()
     T, B = 9, 6
-    obs = with_repeated_messages(random_obs((T, B), seed=6), seed=6)
+    obs = like_a_rollout(random_obs((T, B), seed=6), seed=6)
     dones = torch.zeros(T, B, dtype=torch.bool)
     dones[4, 2] = True
     h0 = torch.randn(B, net.hidden_size)
-    net.distinct_messages = False
+    net.set_shortcuts(False)
     reference, ref_grads = forward_and_grads(net, obs, h0, dones)
-    net.distinct_messages = True
+    net.set_shortcuts(True)
     fast, grads = forward_and_grads(net, obs, h0, dones)
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for name, g in ref_grads.items():
-        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    for name, g in ref_grads.items():  # sums taken in another order: error relative to the tensor's scale
+        assert (grads[name] - g).abs().max() <= 1e-5 * g.abs().max() + 1e-8, name
 
 
-def test_message_cache_same_actions_and_follows_new_weights():
+def test_acting_caches_same_actions_and_follow_new_weights():
     torch.manual_seed(2)
     net = SkillPolicyNet(K, crop=CROP, sizes=local_sizes()).eval()
     other = SkillPolicyNet(K, crop=CROP, sizes=local_sizes()).state_dict()
-    steps = [with_repeated_messages(random_obs((8,), seed=s), seed=s) for s in range(6)]
+    rollout = like_a_rollout(random_obs((6, 8), seed=7), seed=7)
+    steps = [{k: v[t] for k, v in rollout.items()} for t in range(6)]
     state = net.initial_state(8)
 
     def act_all(cache: bool):
-        net.cache_messages = cache
+        net.set_shortcuts(cache, ("cache_messages", "cache_crops"))
         return [net.act(obs, state, greedy=True) for obs in steps]
 
     for weights in (None, other):  # the second round must not reuse the first weights' encodings
@@ -235,4 +249,4 @@ def test_message_cache_same_actions_and_follows_new_weights():
             assert torch.equal(cached[0], ref[0])
             for a, b in zip(cached[1:], ref[1:]):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        assert net._message_cache._store, "the cache was used"
+        assert net._message_cache._store and net._crop_cache._store, "the caches were used"

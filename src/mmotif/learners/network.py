@@ -38,6 +38,7 @@ NUM_ACTIONS = 28  # spec §9.3
 NUM_CHARS = 256
 NUM_COLORS = 16
 ENCODER_KEYS = ("crop_chars", "crop_colors", "blstats", "message")  # what the network reads
+EXACT_SHORTCUTS = ("distinct_messages", "distinct_crops", "cache_messages", "cache_crops")  # see SkillPolicyNet
 
 
 @dataclass(frozen=True)
@@ -97,26 +98,28 @@ def distinct_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     return torch.unique(rows, dim=0, return_inverse=True)
 
 
-def encode_distinct(encoder: nn.Module, rows: Tensor) -> Tensor:
-    """`encoder(rows)` for a row-wise encoder, run once per distinct row and gathered back.
+def encode_distinct(encode: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """`encode(rows)` for a row-wise encoder, run once per distinct row and gathered back.
 
     Most steps of a batch show the empty or a repeated message (a rollout of 528 steps holds
-    ~55 distinct ones). The gather's backward sums the gradients of the copies of a row
-    before the encoder's backward, which is the same sum taken earlier.
+    ~55 distinct ones), and a hero who did not move sees the same crop (~200 distinct). The
+    gather's backward sums the gradients of the copies of a row before the encoder's
+    backward: the same sum, taken earlier.
     """
     distinct, inverse = distinct_rows(rows)
     if distinct.shape[0] == rows.shape[0]:
-        return encoder(rows)
-    return encoder(distinct).index_select(0, inverse)
+        return encode(rows)
+    return encode(distinct).index_select(0, inverse)
 
 
 class EncodingCache:
     """Encodings of rows seen before, valid while the encoder's weights are unchanged.
 
     For acting (inference mode): a rollout step shows ~6 distinct messages in 16 envs, but a
-    whole rollout only ~55, most of them seen in earlier steps. The weights are identified by
-    each parameter's identity, storage and version counter (bumped by every in-place change:
-    `load_state_dict`, an optimiser step), so new weights empty the cache.
+    whole rollout only ~55, most of them seen in earlier steps; crops repeat while a hero
+    stands still. The weights are identified by each parameter's identity, storage and
+    version counter (bumped by every in-place change: `load_state_dict`, an optimiser step),
+    so new weights empty the cache.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -124,18 +127,19 @@ class EncodingCache:
         self._weights: tuple | None = None
         self._store: dict[bytes, Tensor] = {}
 
-    def _sync_weights(self, encoder: nn.Module) -> None:
-        weights = tuple((id(p), p.data_ptr(), p._version) for p in encoder.parameters())
+    def _sync_weights(self, module: nn.Module) -> None:
+        weights = tuple((id(p), p.data_ptr(), p._version) for p in module.parameters())
         if weights != self._weights or len(self._store) > self.capacity:
             self._weights, self._store = weights, {}
 
-    def encode(self, encoder: nn.Module, rows: Tensor) -> Tensor:
-        self._sync_weights(encoder)
+    def encode(self, module: nn.Module, encode: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+        """`encode(rows)`, where `encode` depends on no weights but `module`'s."""
+        self._sync_weights(module)
         distinct, inverse = distinct_rows(rows)
         keys = [row.tobytes() for row in distinct.cpu().numpy()]
         missing = [i for i, key in enumerate(keys) if key not in self._store]
         if missing:
-            for i, encoded in zip(missing, encoder(distinct[missing])):
+            for i, encoded in zip(missing, encode(distinct[missing])):
                 self._store[keys[i]] = encoded
         return torch.stack([self._store[key] for key in keys]).index_select(0, inverse)
 
@@ -198,9 +202,10 @@ class SkillPolicyNet(nn.Module):
 
     Exact shortcuts, each an attribute (True by default; False is the reference path, kept
     for tests and benchmarks):
-    - `distinct_messages`: encode each distinct message of a batch once (`encode_distinct`);
-    - `cache_messages`: in inference mode (`act`), keep the encodings of messages seen
-      before under the same weights (`EncodingCache`).
+    - `distinct_messages`, `distinct_crops`: encode each distinct message (crop) of a batch
+      once (`encode_distinct`);
+    - `cache_messages`, `cache_crops`: in inference mode (`act`), keep the encodings of
+      messages (crops) seen before under the same weights (`EncodingCache`).
     """
 
     def __init__(self, num_skills: int, crop: tuple[int, int] = DEFAULT_CROP, sizes: NetSizes | None = None,
@@ -218,9 +223,9 @@ class SkillPolicyNet(nn.Module):
         self.core = nn.GRU(core_in, sizes.core_hidden, num_layers=1)
         self.actor = nn.Linear(sizes.core_hidden, sizes.num_actions)
         self.critic = nn.Linear(sizes.core_hidden, 1)
-        self.distinct_messages = True
-        self.cache_messages = True
-        self._message_cache = EncodingCache()
+        self.distinct_messages = self.distinct_crops = True
+        self.cache_messages = self.cache_crops = True
+        self._message_cache, self._crop_cache = EncodingCache(), EncodingCache()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -237,6 +242,13 @@ class SkillPolicyNet(nn.Module):
             else:
                 nn.init.zeros_(p)
 
+    def set_shortcuts(self, on: bool, names: tuple[str, ...] = EXACT_SHORTCUTS) -> None:
+        """Switch exact shortcuts on or off (off: the reference computation)."""
+        for name in names:
+            if name not in EXACT_SHORTCUTS:
+                raise ValueError(f"unknown shortcut {name!r}; known: {EXACT_SHORTCUTS}")
+            setattr(self, name, on)
+
     # ------------------------------------------------------------------ state
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> Tensor:
         """Zero recurrent state, (B, H)."""
@@ -246,17 +258,32 @@ class SkillPolicyNet(nn.Module):
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
         """(N, ...) observations -> (N, core_in) features."""
         return torch.cat([
-            self.crop_encoder(obs["crop_chars"], obs["crop_colors"]),
+            self._encode_crops(obs["crop_chars"], obs["crop_colors"]),
             self.blstats_encoder(obs["blstats"].float()),
-            self._encode_messages(obs["message"]),
+            self._encode_rows(self.message_encoder, self.message_encoder, obs["message"],
+                              self.distinct_messages, self.cache_messages, self._message_cache),
         ], dim=-1)
 
-    def _encode_messages(self, message: Tensor) -> Tensor:
-        if self.cache_messages and torch.is_inference_mode_enabled():
-            return self._message_cache.encode(self.message_encoder, message)
-        if self.distinct_messages:
-            return encode_distinct(self.message_encoder, message)
-        return self.message_encoder(message)
+    def _encode_crops(self, chars: Tensor, colors: Tensor) -> Tensor:
+        if not (self.distinct_crops or self.cache_crops) or chars.dtype != torch.uint8 or colors.dtype != torch.uint8:
+            return self.crop_encoder(chars, colors)
+        n, cells = chars.shape[0], self.crop[0] * self.crop[1]
+
+        def encode(rows: Tensor) -> Tensor:
+            return self.crop_encoder(rows[:, :cells].view(-1, *self.crop), rows[:, cells:].view(-1, *self.crop))
+
+        rows = torch.cat([chars.reshape(n, cells), colors.reshape(n, cells)], dim=1)
+        return self._encode_rows(self.crop_encoder, encode, rows, self.distinct_crops, self.cache_crops,
+                                 self._crop_cache)
+
+    @staticmethod
+    def _encode_rows(module: nn.Module, encode: Callable[[Tensor], Tensor], rows: Tensor, distinct: bool,
+                     cache: bool, store: EncodingCache) -> Tensor:
+        if cache and torch.is_inference_mode_enabled():
+            return store.encode(module, encode, rows)
+        if distinct:
+            return encode_distinct(encode, rows)
+        return encode(rows)
 
     def _run_core(self, x: Tensor, h: Tensor, dones: Tensor | None) -> tuple[Tensor, Tensor]:
         """GRU over (T, B, F) from h (1, B, H), zeroing the state after episode ends.
