@@ -36,7 +36,7 @@ from mmotif.learners.build import make_network
 from mmotif.learners.network import mask_state
 from mmotif.runtime.checkpoint import load_checkpoint
 from mmotif.runtime.driver import Driver
-from mmotif.runtime.report import read_metrics
+from mmotif.evaluation.report import read_metrics
 from mmotif.skills.build import make_vector_env
 from mmotif.skills.competence import PER_STEPS, SKILL_EVENTS
 

@@ -122,7 +122,7 @@ def test_learner_pt_that_would_run_code_is_refused_on_resume(tmp_path, fmt):
 
 
 def test_learner_pt_that_would_run_code_is_refused_by_eval(tmp_path, capsys):
-    from mmotif.runtime.evaluate import add_eval_arguments, cmd_eval, load_network
+    from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval, load_network
 
     run_dir, ckpt, marker = crafted_run(tmp_path)
     for where in (run_dir, ckpt, ckpt / "learner.pt"):
@@ -180,7 +180,7 @@ def elsewhere_checkpoint(tmp_path) -> Path:
                                     "step_000000000512/../../../elsewhere/checkpoints/step_000000000512",
                                     "step_12-xyz", "LINK"])
 def test_latest_pointing_outside_the_run_is_refused(tmp_path, latest):
-    from mmotif.runtime.evaluate import load_network
+    from mmotif.evaluation.evaluate import load_network
 
     outside = elsewhere_checkpoint(tmp_path)
     run_dir = tmp_path / "run"

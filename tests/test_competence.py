@@ -11,7 +11,7 @@ import pytest
 from mmotif.config import load_config
 from mmotif.nethack import actions as A
 from mmotif.nethack.features import BL_DEPTH, BL_DNUM, BL_TIME, BL_X
-from mmotif.runtime.report import write_report
+from mmotif.evaluation.report import write_report
 from mmotif.skills import baseline
 from mmotif.skills.build import make_skill_env
 from mmotif.skills.competence import (

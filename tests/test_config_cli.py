@@ -246,7 +246,7 @@ def test_help_and_config_show_import_no_torch():
              "            main(argv)\n"
              "        except SystemExit:\n"
              "            pass\n"
-             "print(sorted(m for m in ('torch', 'ray', 'mmotif.runtime.evaluate') if m in sys.modules))\n")
+             "print(sorted(m for m in ('torch', 'ray', 'mmotif.evaluation.evaluate') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

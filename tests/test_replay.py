@@ -9,7 +9,7 @@ from PIL import Image
 
 from mmotif.nethack import actions as A
 from mmotif.nethack.game import NetHackGame
-from mmotif.runtime.replay import (
+from mmotif.evaluation.replay import (
     PALETTE, EpisodeRecorder, Recording, add_replay_arguments, cell_size, cmd_replay, frame_pixels,
     render_gif,
 )

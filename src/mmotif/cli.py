@@ -163,7 +163,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mmotif.runtime.evaluate import cmd_eval as evaluate
+    from mmotif.evaluation.evaluate import cmd_eval as evaluate
 
     if args.checkpoint is None and args.random_init:  # the only case where eval builds a config
         return _with_staged_config(evaluate, args)
@@ -173,7 +173,7 @@ def cmd_eval(args) -> int:
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.runtime.evaluate import add_eval_arguments
+    from mmotif.evaluation.evaluate import add_eval_arguments
 
     add_eval_arguments(p)
     _add_set_arg(p)
@@ -188,7 +188,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.runtime.replay import add_replay_arguments, cmd_replay
+    from mmotif.evaluation.replay import add_replay_arguments, cmd_replay
 
     add_replay_arguments(p)
     p.set_defaults(func=cmd_replay)

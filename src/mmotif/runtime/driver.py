@@ -37,7 +37,7 @@ from mmotif.runtime.cluster import (
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress, WindowedRate
 from mmotif.runtime.wandb_logger import wandb_logger
-from mmotif.runtime.report import write_report
+from mmotif.evaluation.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 from mmotif.skills.competence import CompetenceTally, WindowTally, metric_values
 
@@ -260,7 +260,7 @@ class Driver:
 
     def _evaluate(self) -> dict:
         """The trained network, frozen, under each task's reference policy over skills."""
-        from mmotif.runtime.evaluate import evaluate, load_network
+        from mmotif.evaluation.evaluate import evaluate, load_network
 
         cfg, net, _ = load_network(self.run_dir)
         e, out = self.cfg.evaluation, {}

@@ -308,7 +308,7 @@ OTHER_METRICS = ("labels_per_second", "dedup_hit_rate", "annotator_cache_hit_rat
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:
-    from mmotif.runtime.environment import describe
+    from mmotif.evaluation.environment import describe
 
     run_dir = Path(run_dir)
     out = run_dir / "report"

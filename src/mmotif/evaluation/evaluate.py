@@ -255,7 +255,7 @@ def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greed
 
     recorders: dict[int, object] = {}
     if record:
-        from mmotif.runtime.replay import EpisodeRecorder
+        from mmotif.evaluation.replay import EpisodeRecorder
     results: list[dict] = []
     started = 0
     active = [False] * num_envs
@@ -333,7 +333,7 @@ def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greed
 
 
 def _render_first_replay(results: EvalResults, out_dir: Path) -> None:
-    from mmotif.runtime.replay import Recording, render_gif, write_html
+    from mmotif.evaluation.replay import Recording, render_gif, write_html
 
     for r in results.episodes:
         if "replay" in r:
