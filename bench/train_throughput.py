@@ -18,7 +18,10 @@ Prints JSON with three things:
     it as little as possible:
 
         c_env   = CPU s per step of the vector skill env (`--envs` envs, random actions)
-        c_act   = CPU s per sample of `SkillPolicyNet.act` on a batch of `--envs` observations
+        c_act   = CPU s per sample of `SkillPolicyNet.act` on batches of `--envs` observations,
+                  T consecutive steps of the env (random actions), the weights reloaded
+                  before each T steps as a rollout actor does (this empties the network's
+                  encoding caches, which a fixed observation would hit every time)
         c_learn = CPU s per sample of `Learner.train` on T x B batches of the run's shapes
                   (T = learner.rollout, batch = learner.batch_size samples; includes the
                   intrinsic reward, V-trace, forward, backward, Adam step)
@@ -54,7 +57,7 @@ the share of all cores busy before the run started (other users). Run it a few t
 look at the spread.
 
 Usage: python bench/train_throughput.py [--network local|paper] [--seconds 60] [--envs 16]
-       python bench/train_throughput.py --only e2e|bound
+       python bench/train_throughput.py --only e2e|bound [--reference-network]
 """
 
 from __future__ import annotations
@@ -309,7 +312,7 @@ def _timed(fn, seconds: float, min_calls: int = 3) -> tuple[int, float, float]:
 
 
 def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cores: int | None = None,
-          seed: int = 0) -> dict:
+          seed: int = 0, shortcuts: bool = True) -> dict:
     import torch
 
     from mmotif.actors.rollout import RolloutWorker
@@ -330,15 +333,27 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
     n, cpu, wall = _timed(lambda: venv.step(rng.integers(A.NUM_ACTIONS, size=envs)), seconds_each)
     c_env = cpu / (n * envs)
     out["env_only_steps_per_s"] = {"cpu": round(1 / c_env, 1), "wall": round(n * envs / wall, 1)}
-    obs_t = {k: torch.from_numpy(v.copy()) for k, v in venv.obs.items()}
+    steps_obs = []  # T consecutive steps' observations, for acting
+    for _ in range(T):
+        venv.step(rng.integers(A.NUM_ACTIONS, size=envs))
+        steps_obs.append({k: torch.from_numpy(v.copy()) for k, v in venv.obs.items()})
     venv.close()
 
-    # acting: batched inference over the envs' observations, one step
+    # acting: batched inference over the envs' observations, T steps, new weights each time
     worker = RolloutWorker(cfg, 0, seed, num_envs=envs)
+    worker.net.set_shortcuts(shortcuts)
+    out["network_shortcuts"] = shortcuts
     net, state = worker.net, worker.net.initial_state(envs)
-    n, cpu, wall = _timed(lambda: net.act(obs_t, state), seconds_each / 2, min_calls=20)
-    c_act = cpu / (n * envs)
-    out["act_samples_per_s"] = {"cpu": round(1 / c_act, 1), "wall": round(n * envs / wall, 1)}
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def act_rollout():
+        net.load_state_dict(weights)  # a new policy version per rollout, as in a run: empties the caches
+        for obs in steps_obs:
+            net.act(obs, state)
+
+    n, cpu, wall = _timed(act_rollout, seconds_each / 2, min_calls=3)
+    c_act = cpu / (n * T * envs)
+    out["act_samples_per_s"] = {"cpu": round(1 / c_act, 1), "wall": round(n * T * envs / wall, 1)}
 
     # a real rollout (env + act + buffers): the check that c_env + c_act adds up
     rollouts_per_batch = max(1, math.ceil(batch / (T * envs)))
@@ -350,6 +365,7 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
 
     # learning: Learner.train on the run's batch shapes (the rollouts just collected)
     learner = Learner(cfg)
+    learner.net.set_shortcuts(shortcuts)
     use = batches[-rollouts_per_batch:]
     samples = sum(b.env_steps for b in use)
     n, cpu, wall = _timed(lambda: learner.train(use), seconds_each, min_calls=3)
@@ -377,6 +393,9 @@ def main() -> None:
     p.add_argument("--bound-seconds", type=float, default=5.0, help="time for each part of the bound")
     p.add_argument("--cores", type=int, default=None, help="cores for the bound (default: this process's)")
     p.add_argument("--only", choices=("e2e", "bound"), default=None)
+    p.add_argument("--reference-network", action="store_true",
+                   help="bound with the network's exact shortcuts off (its computation before them: "
+                        "SkillPolicyNet.set_shortcuts)")
     args = p.parse_args()
 
     result: dict = {"network": args.network, "envs": args.envs, "seconds": args.seconds}
@@ -384,7 +403,8 @@ def main() -> None:
         result["end_to_end"] = end_to_end(args.network, args.seconds, args.envs, args.warmup)
     if args.only != "e2e":
         with stdout_to_stderr():
-            result["bound"] = bound(args.network, args.envs, args.bound_seconds, args.cores)
+            result["bound"] = bound(args.network, args.envs, args.bound_seconds, args.cores,
+                                    shortcuts=not args.reference_network)
     if "end_to_end" in result and "bound" in result:
         e2e = result["end_to_end"]["steady_env_steps_per_s"]
         result["ratio"] = None if e2e is None else round(e2e / result["bound"]["bound_env_steps_per_s"], 3)
