@@ -19,6 +19,7 @@ from mmotif.contract import (
     CaptionPair,
     Preference,
 )
+from mmotif.rewards.model import encode_captions, encode_message
 from mmotif.rewards.stats import (
     QUANTILE_LEVELS,
     compute_reward_stats,
@@ -29,8 +30,6 @@ from mmotif.rewards.stats import (
 from mmotif.rewards.training import (
     RewardTrainConfig,
     bradley_terry_loss,
-    encode_captions,
-    encode_message,
     fit_skill_reward,
     is_validation,
     train_reward_model,

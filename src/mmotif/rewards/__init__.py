@@ -3,9 +3,10 @@
 Modules (import them directly; this package imports nothing so light processes such as the
 annotators can use `mmotif.rewards.store` without loading torch):
 
-- `model`:     `MessageEncoder` (char-CNN, shared with the policy) and `RewardModel` (§4.2)
+- `model`:     `MessageEncoder` (char-CNN, shared with the policy), `RewardModel` (§4.2) and
+               its input encoding (`encode_message`, `diffstats_of`, `encode_captions`)
 - `store`:     `PreferenceStore`, the durable append-only SQLite label store
-- `training`:  Bradley-Terry loss with ties, caption encoding, `train_reward_model`,
+- `training`:  Bradley-Terry loss with ties, `train_reward_model`,
                `fit_skill_reward` (§4.3-4.4)
 - `stats`:     normalisation over unique inputs, per-skill thresholds, quantile table (§4.5)
 - `transform`: `intrinsic_reward`, the RL-time transform (§4.6)

@@ -7,10 +7,13 @@ the depth change in entry 0, entries 1-4 zero). About 0.36M parameters in all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
-from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN
+from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, Caption
 
 
 def _conv_out_len(length: int, kernel: int) -> int:
@@ -110,3 +113,34 @@ class RewardModel(nn.Module):
 
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------- inputs
+def encode_message(text: str, length: int = MESSAGE_LEN) -> np.ndarray:
+    """Message text -> uint8 char codes, zero padded / truncated to `length`.
+
+    Non-ASCII characters become '?' (NLE messages are ASCII; this keeps dataset strings and
+    the env's message buffer on the same alphabet).
+    """
+    codes = np.zeros(length, dtype=np.uint8)
+    raw = text.encode("ascii", errors="replace")[:length]
+    codes[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return codes
+
+
+def diffstats_of(depth_change: int) -> np.ndarray:
+    """[sign(depth change), 0, 0, 0, 0] as float32 (spec §4.1)."""
+    d = np.zeros(DIFFSTATS_LEN, dtype=np.float32)
+    d[0] = float(np.sign(depth_change))
+    return d
+
+
+def encode_captions(captions: Sequence[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> (message uint8 (N, 256), diffstats float32 (N, 5)), the reward-model inputs."""
+    n = len(captions)
+    msg = np.zeros((n, MESSAGE_LEN), dtype=np.uint8)
+    diff = np.zeros((n, DIFFSTATS_LEN), dtype=np.float32)
+    for i, c in enumerate(captions):
+        msg[i] = encode_message(c.message)
+        diff[i, 0] = float(np.sign(c.depth_change))
+    return torch.from_numpy(msg), torch.from_numpy(diff)

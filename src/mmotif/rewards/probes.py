@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmotif.rewards.training import diffstats_of, encode_message
+from mmotif.rewards.model import diffstats_of, encode_message
 from mmotif.rewards.versions import RewardModelSet
 from mmotif.skills.specs import Probe, SkillSpec
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mmotif.contract import Caption
+from mmotif.rewards.model import encode_captions
 
 # 5%, 10%, ..., 95%: the rows of the original `train_norm_quantiles.csv`.
 QUANTILE_LEVELS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -137,8 +138,6 @@ def stats_from_scores(scores: np.ndarray | torch.Tensor | Sequence[float],
 def score_captions(model: torch.nn.Module, captions: Sequence[Caption], *, batch_size: int = 4096,
                    device: str | torch.device | None = None) -> torch.Tensor:
     """Raw reward-model scores (float32, CPU) of captions, in order."""
-    from mmotif.rewards.training import encode_captions  # local: training imports this module
-
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training

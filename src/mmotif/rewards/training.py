@@ -26,19 +26,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmotif.contract import (
-    DIFFSTATS_LEN,
-    LABEL_UNKNOWN,
-    MESSAGE_LEN,
-    Caption,
-    Preference,
-)
-from mmotif.rewards.model import RewardModel
+from mmotif.contract import LABEL_UNKNOWN, Caption, Preference
+from mmotif.rewards.model import RewardModel, encode_captions
+from mmotif.rewards.stats import compute_reward_stats
 from mmotif.rewards.store import preference_key
+from mmotif.rewards.versions import SkillReward
 
 
 # ------------------------------------------------------------------------------- loss
@@ -55,37 +50,6 @@ def bradley_terry_loss(score_first: torch.Tensor, score_second: torch.Tensor,
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
-
-
-# --------------------------------------------------------------------------- encoding
-def encode_message(text: str, length: int = MESSAGE_LEN) -> np.ndarray:
-    """Message text -> uint8 char codes, zero padded / truncated to `length`.
-
-    Non-ASCII characters become '?' (NLE messages are ASCII; this keeps dataset strings and
-    the env's message buffer on the same alphabet).
-    """
-    codes = np.zeros(length, dtype=np.uint8)
-    raw = text.encode("ascii", errors="replace")[:length]
-    codes[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return codes
-
-
-def diffstats_of(depth_change: int) -> np.ndarray:
-    """[sign(depth change), 0, 0, 0, 0] as float32 (spec §4.1)."""
-    d = np.zeros(DIFFSTATS_LEN, dtype=np.float32)
-    d[0] = float(np.sign(depth_change))
-    return d
-
-
-def encode_captions(captions: Sequence[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (message uint8 (N, 256), diffstats float32 (N, 5)), the reward-model inputs."""
-    n = len(captions)
-    msg = np.zeros((n, MESSAGE_LEN), dtype=np.uint8)
-    diff = np.zeros((n, DIFFSTATS_LEN), dtype=np.float32)
-    for i, c in enumerate(captions):
-        msg[i] = encode_message(c.message)
-        diff[i, 0] = float(np.sign(c.depth_change))
-    return torch.from_numpy(msg), torch.from_numpy(diff)
 
 
 # ----------------------------------------------------------------------------- split
@@ -314,9 +278,6 @@ def fit_skill_reward(skill: str, preferences: Iterable[Preference],
     Normalisation stats are taken over the unique inputs of ALL the skill's captions
     (training and validation pairs alike), as the original does over its whole data set.
     """
-    from mmotif.rewards.stats import compute_reward_stats
-    from mmotif.rewards.versions import SkillReward
-
     prefs = list(preferences)
     bad = {p.pair.skill for p in prefs} - {skill}
     if bad:
@@ -332,6 +293,6 @@ def fit_skill_reward(skill: str, preferences: Iterable[Preference],
 
 __all__ = [
     "RewardTrainConfig", "RewardTrainReport", "bradley_terry_loss",
-    "diffstats_of", "encode_captions", "encode_message", "fit_skill_reward", "is_validation",
+    "fit_skill_reward", "is_validation",
     "train_reward_model",
 ]
