@@ -26,6 +26,29 @@ def test_duplicates_are_counted_not_pooled():
     assert sampler.stats.captions_duplicate == 5
 
 
+def test_one_reward_input_cannot_flood_the_pool_of_real_games():
+    """Real deaths share one reward input ("You die...", same level): the pool keeps a few,
+    so pairs compare different inputs instead of a death with everything."""
+    real = random_play_captions(3000)
+    deaths = [c for c in real if "death" in caption_events(c)]
+    assert len(deaths) > 8, "random play should die several times in 3,000 steps"
+    flood = deaths * 1 + [Caption(f"{c.text}\n(again {i})", c.message, c.depth_change)
+                          for i, c in enumerate(deaths * 20)]
+    capped = PairSampler(["discoverer"], lambda *a: False, seed=0, per_input_cap=4)
+    uncapped = PairSampler(["discoverer"], lambda *a: False, seed=0, per_input_cap=None)
+    for sampler in (capped, uncapped):
+        sampler.add_captions(real + flood)
+    per_input = Counter(c.reward_key() for c in capped._pool)
+    assert max(per_input.values()) <= 4
+    assert capped.stats.captions_capped > len(flood) // 2
+
+    def death_share(sampler):
+        pairs = sampler.sample("discoverer", 300)
+        return sum("death" in caption_events(p.first) | caption_events(p.second) for p in pairs) / len(pairs)
+
+    assert death_share(capped) < 0.5 < death_share(uncapped)
+
+
 def test_labelled_and_pending_pairs_are_skipped(tmp_path):
     store = PreferenceStore(tmp_path / "p.sqlite")
     sampler = PairSampler(["descender"], store.has_pair, seed=0)

@@ -122,6 +122,10 @@ class AnnotatorConfig(_Section):
         0.3, ge=0.0, le=1.0, description="pair sampling: a pair's first caption comes from an event stratum "
         "drawn with weight (stratum size)**alpha: 1 is uniform over captions, 0 uniform over strata "
         "(rare moments: level changes, shop, altar, kills, deaths)")
+    captions_per_reward_input: int = Field(
+        16, ge=1, description="pair pool: at most this many captions of one reward-model input (current "
+        "message and level change); more of the same input teach the reward model nothing new, and "
+        "without a cap one input (a death, an empty step) fills most pairs")
     few_shot: bool = Field(
         True, description="pointwise: ask each skill's solved examples (SkillSpec.examples) before every "
         "question; on the 0.5B model this lifts ranking of real captions from chance (AUC 0.48) to 0.70")

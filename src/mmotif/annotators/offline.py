@@ -100,7 +100,8 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
     new_labels, t0 = 0, time.perf_counter()
     with PreferenceStore(store_path) as store:
         sampler = PairSampler(list(modifiers), store.has_pair, seed=cfg.seed,
-                              stratum_alpha=cfg.annotator.pair_stratum_alpha)
+                              stratum_alpha=cfg.annotator.pair_stratum_alpha,
+                              per_input_cap=cfg.annotator.captions_per_reward_input)
         sampler.add_captions(captions)
         total = pairs_per_skill * len(modifiers)
         for skill in modifiers:

@@ -16,6 +16,7 @@ with typical ones. A full pool evicts from its largest stratum, never from the r
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -55,6 +56,7 @@ def _rarer(a: str, b: str) -> str:
 class SamplerStats:
     captions_seen: int = 0
     captions_duplicate: int = 0
+    captions_capped: int = 0  # not pooled: their reward-model input already had its share
     candidates: int = 0
     candidates_already_labelled: int = 0
     pool_strata: dict[str, int] = field(default_factory=dict)  # captions in the pool, per stratum
@@ -89,11 +91,18 @@ class PairSampler:
 
     A full pool (`pool_size` unique captions) makes room by evicting a random caption of its
     largest stratum, whatever alpha is.
+
+    The pool holds at most `per_input_cap` captions per reward-model input (current message
+    and level change, `Caption.reward_key`): the reward model sees nothing else, so a
+    thousand captions of one input teach it no more than a dozen. Without the cap one input
+    floods the pool: in a 300 s run whose agent died every ~100 steps, 1,082 of 1,977 captions
+    were "You die...", most pairs held one, and the discoverer's model learned only that a
+    death is bad (an empty step outranked a kill).
     """
 
     def __init__(self, skills: Sequence[str], is_labelled: Callable[[str, str, str], bool],
                  pool_size: int = 5000, seed: int = 0, candidates_per_pair: int = 4,
-                 stratum_alpha: float = 0.3):
+                 stratum_alpha: float = 0.3, per_input_cap: int | None = 16):
         if not 0.0 <= stratum_alpha <= 1.0:
             raise ValueError(f"stratum_alpha must be in [0, 1], got {stratum_alpha}")
         if pool_size < 1:
@@ -103,6 +112,10 @@ class PairSampler:
         self.pool_size = pool_size
         self.candidates_per_pair = candidates_per_pair
         self.stratum_alpha = float(stratum_alpha)
+        if per_input_cap is not None and per_input_cap < 1:
+            raise ValueError(f"per_input_cap must be positive or None, got {per_input_cap}")
+        self.per_input_cap = per_input_cap
+        self._per_input: Counter[str] = Counter()  # reward key -> captions of it in the pool
         self._rng = np.random.default_rng(seed)
         self._pool: list[Caption] = []  # every caption, in no particular order
         self._pool_pos: dict[str, int] = {}  # text -> index in _pool
@@ -126,6 +139,11 @@ class PairSampler:
             if caption.text in self._pool_pos:
                 self.stats.captions_duplicate += 1
                 continue
+            key = caption.reward_key()
+            if self.per_input_cap is not None and self._per_input[key] >= self.per_input_cap:
+                self.stats.captions_capped += 1
+                continue
+            self._per_input[key] += 1
             self._insert(caption, caption_stratum(caption))
             if len(self._pool) > self.pool_size:  # the largest stratum (new caption included) gives way
                 self._evict()
@@ -149,6 +167,7 @@ class PairSampler:
         _swap_remove(members, self._stratum_pos, text)
         _swap_remove(self._pool, self._pool_pos, text)
         del self._stratum_of[text]
+        self._per_input[caption.reward_key()] -= 1
         if members:
             self.stats.pool_strata[stratum] = len(members)
         else:

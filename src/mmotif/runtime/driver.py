@@ -206,7 +206,8 @@ class Driver:
         self._place_actors(learner_state)
         names = [s.name for s in self.cfg.skills]
         self.sampler = PairSampler(names, self.store.has_pair, seed=self.cfg.seed,
-                                   stratum_alpha=self.cfg.annotator.pair_stratum_alpha)
+                                   stratum_alpha=self.cfg.annotator.pair_stratum_alpha,
+                                   per_input_cap=self.cfg.annotator.captions_per_reward_input)
         if self.cfg.annotator.seed_moments:
             from mmotif.annotators.examples import seed_captions
 
