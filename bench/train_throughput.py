@@ -214,13 +214,14 @@ def stdout_to_stderr():
         os.close(saved)
 
 
-def bench_config(network: str, envs: int, seconds: float | None = None, run_dir: str | None = None):
+def bench_config(network: str, envs: int, seconds: float | None = None, run_dir: str | None = None,
+                 shortcuts: bool = True):
     from mmotif.config import preset, with_overrides
 
     overrides: dict = {
         "annotator": {"num_annotators": 0},
         "actors": {"envs_per_actor": envs},
-        "learner": {"network": {"size": network}},
+        "learner": {"network": {"size": network, "shortcuts": shortcuts}},
     }
     if seconds is not None:
         overrides["time_limit_s"] = seconds
@@ -255,7 +256,8 @@ def steady_rate(rows: list[dict], warmup: float, window: float = 10.0) -> dict:
 
 
 # ------------------------------------------------------------------------ (a) end to end
-def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, warmup: float = 15.0) -> dict:
+def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, warmup: float = 15.0,
+               shortcuts: bool = True) -> dict:
     """A real `mmotif run` (local preset, no annotation) for `seconds`; its steady rate."""
     import ray
 
@@ -264,7 +266,7 @@ def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, wa
     from mmotif.runtime.driver import Driver
 
     with tempfile.TemporaryDirectory(prefix="mmotif-bench-") as tmp:
-        cfg = bench_config(network, envs, seconds=seconds, run_dir=str(Path(tmp) / "run"))
+        cfg = bench_config(network, envs, seconds=seconds, run_dir=str(Path(tmp) / "run"), shortcuts=shortcuts)
         busy_before = machine_busy()
         t0 = time.time()
         with stdout_to_stderr(), TreeCpu() as cpu:
@@ -294,6 +296,7 @@ def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, wa
         "rollout_len": cfg.learner.rollout,
         "learner_batch": cfg.learner.batch_size,
         "network": network,
+        "network_shortcuts": shortcuts,
         "network_parameters": num_parameters(make_network(cfg)),
         "machine_busy_before": busy_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -322,7 +325,7 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
 
     torch.set_num_threads(1)  # as a rollout actor (threads_per_actor) and a 1-CPU Ray actor
     cores = cores or len(os.sched_getaffinity(0))
-    cfg = bench_config(network, envs)
+    cfg = bench_config(network, envs, shortcuts=shortcuts)
     T, batch = cfg.learner.rollout, cfg.learner.batch_size
     out: dict = {"cores": cores, "torch_threads": torch.get_num_threads(), "machine_busy_before": machine_busy()}
 
@@ -341,7 +344,6 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
 
     # acting: batched inference over the envs' observations, T steps, new weights each time
     worker = RolloutWorker(cfg, 0, seed, num_envs=envs)
-    worker.net.set_shortcuts(shortcuts)
     out["network_shortcuts"] = shortcuts
     net, state = worker.net, worker.net.initial_state(envs)
     weights = {k: v.clone() for k, v in net.state_dict().items()}
@@ -365,7 +367,6 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
 
     # learning: Learner.train on the run's batch shapes (the rollouts just collected)
     learner = Learner(cfg)
-    learner.net.set_shortcuts(shortcuts)
     use = batches[-rollouts_per_batch:]
     samples = sum(b.env_steps for b in use)
     n, cpu, wall = _timed(lambda: learner.train(use), seconds_each, min_calls=3)
@@ -394,13 +395,14 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=None, help="cores for the bound (default: this process's)")
     p.add_argument("--only", choices=("e2e", "bound"), default=None)
     p.add_argument("--reference-network", action="store_true",
-                   help="bound with the network's exact shortcuts off (its computation before them: "
-                        "SkillPolicyNet.set_shortcuts)")
+                   help="the network's exact shortcuts off (learner.network.shortcuts: false), the "
+                        "computation before them, in the run and the bound")
     args = p.parse_args()
 
     result: dict = {"network": args.network, "envs": args.envs, "seconds": args.seconds}
     if args.only != "bound":
-        result["end_to_end"] = end_to_end(args.network, args.seconds, args.envs, args.warmup)
+        result["end_to_end"] = end_to_end(args.network, args.seconds, args.envs, args.warmup,
+                                          shortcuts=not args.reference_network)
     if args.only != "e2e":
         with stdout_to_stderr():
             result["bound"] = bound(args.network, args.envs, args.bound_seconds, args.cores,

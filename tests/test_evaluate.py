@@ -12,7 +12,8 @@ import torch
 from mmotif.config import load_config
 from mmotif.learners.build import make_network
 from mmotif.nethack.tasks import reference_policy_source, task_policy
-from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval, evaluate, load_network, mean_se
+from mmotif.checkpoint import load_network
+from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval, evaluate, mean_se
 
 
 def tiny_net(cfg):

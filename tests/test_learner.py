@@ -75,3 +75,15 @@ def test_bf16_autocast_forward_path(tmp_path):
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
     for key in ("loss", "value_loss", "entropy", "vs_mean"):
         assert abs(bf16_stats[key] - fp32_stats[key]) <= 0.05 * max(1.0, abs(fp32_stats[key])), key
+
+
+def test_network_shortcuts_follow_the_config(tmp_path):
+    from mmotif.learners.build import make_network
+    from mmotif.learners.network import EXACT_SHORTCUTS
+
+    for on in (True, False):
+        cfg = load_config(preset_name="local", overrides={
+            "annotator": {"num_annotators": 0}, "learner": {"network": {"size": "local", "shortcuts": on}},
+            "paths": {"run_dir": str(tmp_path / "run")}})
+        net = make_network(cfg)
+        assert all(getattr(net, name) is on for name in EXACT_SHORTCUTS)

@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     cfg = _config(args)  # a bad config fails before the heavy imports
     if not _extras_installed(cfg):
         return 2
-    from mmotif.runtime.checkpoint import CheckpointError
+    from mmotif.checkpoint import CheckpointError
     from mmotif.runtime.driver import Driver, TrainingStopped
 
     overrides = {}

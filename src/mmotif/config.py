@@ -172,9 +172,13 @@ class NetworkConfig(_Section):
     crop_hidden: int | None = Field(None, gt=0)
     blstats_hidden: int | None = Field(None, gt=0)
     message_dim: int | None = Field(None, gt=0)
+    shortcuts: bool = Field(
+        True, description="the network's exact shortcuts: each distinct message and crop of a batch encoded "
+        "once, encodings cached while acting (same numbers within float tolerance); false: the reference "
+        "computation, for benchmarks")
 
     def overrides(self) -> dict[str, int]:
-        return {k: v for k, v in self.model_dump(exclude={"size"}).items() if v is not None}
+        return {k: v for k, v in self.model_dump(exclude={"size", "shortcuts"}).items() if v is not None}
 
 
 class LearnerConfig(_Section):

@@ -45,7 +45,6 @@ __all__ = [
     "add_eval_arguments",
     "cmd_eval",
     "evaluate",
-    "load_network",
     "mean_se",
 ]
 
@@ -347,43 +346,7 @@ def _render_first_replay(results: EvalResults, out_dir: Path) -> None:
             return
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------
-def load_network(checkpoint: str | Path) -> tuple[RunConfig, torch.nn.Module, str]:
-    """(config, frozen network, checkpoint folder) from a run folder (newest checkpoint, via
-    checkpoints/LATEST), a checkpoint folder (learner.pt + config.yaml) or a learner.pt.
 
-    learner.pt is read weights-only: a file that asks to unpickle code is refused with a
-    CheckpointError, as is a LATEST naming anything but a checkpoint folder of the run."""
-    import yaml
-
-    from mmotif.config import build_config
-    from mmotif.learners.build import make_network
-    from mmotif.runtime.checkpoint import CheckpointError, latest_checkpoint, load_learner_file
-
-    path = Path(checkpoint)
-    if path.is_file():
-        path = path.parent
-    if (path / "checkpoints").is_dir():  # a run folder
-        path = latest_checkpoint(path) or path
-    weights, config = path / "learner.pt", path / "config.yaml"
-    if not weights.is_file() or not config.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint (learner.pt + config.yaml) found at {path}")
-    cfg = build_config(yaml.safe_load(config.read_text()), str(config))
-    state = load_learner_file(weights)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{weights} is not a mmotif checkpoint (no weights in it)")
-    net = make_network(cfg)
-    try:
-        net.load_state_dict(state["net"] if "net" in state else state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{weights} does not fit the network of {config} "
-                              f"({str(err).strip().splitlines()[0][:300]})") from None
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return cfg, net, str(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,7 +400,7 @@ def cmd_eval(args) -> int:
         print(f"mmotif eval: {err}", file=sys.stderr)
         return 2
     if args.checkpoint is not None:
-        from mmotif.runtime.checkpoint import CheckpointError
+        from mmotif.checkpoint import CheckpointError, load_network
 
         try:
             cfg, net, ckpt = load_network(args.checkpoint)

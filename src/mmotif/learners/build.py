@@ -13,7 +13,9 @@ def make_network(cfg: RunConfig) -> SkillPolicyNet:
     net_cfg = cfg.learner.network
     sizes = paper_sizes() if net_cfg.size == "paper" else local_sizes()
     sizes = dataclasses.replace(sizes, **net_cfg.overrides())
-    return SkillPolicyNet(len(cfg.skills), crop=tuple(cfg.env.crop), sizes=sizes)
+    net = SkillPolicyNet(len(cfg.skills), crop=tuple(cfg.env.crop), sizes=sizes)
+    net.set_shortcuts(net_cfg.shortcuts)
+    return net
 
 
 def appo_hyperparams(cfg: RunConfig) -> APPOHyperparams:
