@@ -32,7 +32,7 @@ from mmotif.nethack.actions import INDEX
 from mmotif.learners.network import mask_state
 from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
 from mmotif.rewards.versions import publish
-from mmotif.runtime.checkpoint import load_checkpoint
+from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
 from mmotif.skills.build import make_vector_env
 

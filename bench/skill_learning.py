@@ -34,7 +34,7 @@ import torch
 from mmotif.config import load_config
 from mmotif.learners.build import make_network
 from mmotif.learners.network import mask_state
-from mmotif.runtime.checkpoint import load_checkpoint
+from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
 from mmotif.evaluation.report import read_metrics
 from mmotif.skills.build import make_vector_env

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from mmotif.config import load_config
-from mmotif.runtime.checkpoint import latest_checkpoint
+from mmotif.checkpoint import latest_checkpoint
 from mmotif.evaluation.report import read_metrics
 from mmotif.skills.build import make_skill_env
 from mmotif.skills.sandbox import UnsafeCodeError

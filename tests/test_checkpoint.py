@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
+from mmotif.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 from mmotif.config import load_config
-from mmotif.runtime.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from mmotif.runtime.resume import load_checkpoint
 
 WRITER = """
 import sys, torch
 from pathlib import Path
 from mmotif.config import load_config
-from mmotif.runtime.checkpoint import save_checkpoint
+from mmotif.checkpoint import save_checkpoint
 run_dir = Path(sys.argv[1])
 cfg = load_config(preset_name="local", overrides={"paths": {"run_dir": str(run_dir)}})
 state = {"env_steps": 2048, "net": {"w": torch.ones(3)}}
@@ -122,7 +123,8 @@ def test_learner_pt_that_would_run_code_is_refused_on_resume(tmp_path, fmt):
 
 
 def test_learner_pt_that_would_run_code_is_refused_by_eval(tmp_path, capsys):
-    from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval, load_network
+    from mmotif.checkpoint import load_network
+    from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval
 
     run_dir, ckpt, marker = crafted_run(tmp_path)
     for where in (run_dir, ckpt, ckpt / "learner.pt"):
@@ -180,7 +182,7 @@ def elsewhere_checkpoint(tmp_path) -> Path:
                                     "step_000000000512/../../../elsewhere/checkpoints/step_000000000512",
                                     "step_12-xyz", "LINK"])
 def test_latest_pointing_outside_the_run_is_refused(tmp_path, latest):
-    from mmotif.evaluation.evaluate import load_network
+    from mmotif.checkpoint import load_network
 
     outside = elsewhere_checkpoint(tmp_path)
     run_dir = tmp_path / "run"
@@ -275,7 +277,7 @@ def run_checkpointed_after_labels(tmp_path, labels: int):
 
 @pytest.mark.parametrize("store", ["deleted", "emptied", "truncated"])
 def test_resume_refuses_a_store_that_lost_the_checkpoints_labels(tmp_path, store):
-    from mmotif.runtime.checkpoint import check_resumable
+    from mmotif.runtime.resume import check_resumable
 
     run_dir, cfg = run_checkpointed_after_labels(tmp_path, labels=5)
     path = run_dir / "preferences.sqlite"
@@ -289,7 +291,7 @@ def test_resume_refuses_a_store_that_lost_the_checkpoints_labels(tmp_path, store
 
 
 def test_resume_accepts_a_store_with_labels_added_after_the_checkpoint(tmp_path):
-    from mmotif.runtime.checkpoint import check_resumable
+    from mmotif.runtime.resume import check_resumable
 
     run_dir, cfg = run_checkpointed_after_labels(tmp_path, labels=3)
     labelled_store(run_dir / "preferences.sqlite", 5)

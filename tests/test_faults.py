@@ -14,7 +14,7 @@ import torch
 
 from test_runtime import local_cfg, read_metrics
 
-from mmotif.runtime.checkpoint import load_checkpoint
+from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver, TrainingStopped
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ from mmotif.config import load_config
 from mmotif.learners.learner import Learner
 from mmotif.rewards.versions import RewardModelSet, SkillReward
 from mmotif.rewards.stats import RewardStats
-from mmotif.runtime.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from mmotif.checkpoint import CheckpointError, latest_checkpoint
+from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
 from mmotif.runtime.shells import LearnerActor, RolloutActor
 

@@ -17,9 +17,8 @@ asks for anything else is refused with a `CheckpointError`, never unpickled. LAT
 name a `step_<digits>[-<hex>]` folder directly under `checkpoints/`; without a usable LATEST
 the newest complete checkpoint (learner.pt + driver.json + config.yaml) is used, with a warning.
 
-`--resume` refuses (it does not rebuild) a run whose preferences.sqlite lost labels the
-checkpoint counted (deleted, replaced, rows removed): driver.json's `store_cursor` is the
-store's last row id at checkpoint time, and row ids only grow.
+`load_network` reads the trained skill network of a run back (evaluation, replays). What
+`--resume` checks before continuing a run is the driver's: `mmotif.runtime.resume`.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from mmotif.durable import fsync_dir, write_durably
 KEEP = 3
 CHECKPOINT_NAME = re.compile(r"step_[0-9]+(?:-[0-9a-f]+)?")
 CHECKPOINT_FILES = ("learner.pt", "driver.json", "config.yaml")
-STORE_NAME = "preferences.sqlite"  # the run's preference store, beside checkpoints/
 
 log = logging.getLogger("mmotif")
 
@@ -140,10 +138,10 @@ def load_learner_file(path: Path):
         raise CheckpointError(f"{path} is not a mmotif checkpoint (not a weights-only torch file, unreadable "
                               f"or corrupt{detail}); refused to unpickle it") from None
     except Exception as err:  # noqa: BLE001 - a truncated zip, a missing file, ...
-        raise CheckpointError(f"{path} is unreadable or corrupt ({_first_line(err)})") from None
+        raise CheckpointError(f"{path} is unreadable or corrupt ({first_line(err)})") from None
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
 
@@ -152,7 +150,7 @@ def is_complete(folder: Path) -> bool:
     return all((Path(folder) / f).is_file() for f in CHECKPOINT_FILES)
 
 
-def _checkpoint_folders(root: Path) -> list[Path]:
+def checkpoint_folders(root: Path) -> list[Path]:
     """Checkpoint folders directly under `root` (real folders, no links), oldest first."""
     found = []
     for p in root.glob("step_*"):
@@ -167,7 +165,7 @@ def _checkpoint_folders(root: Path) -> list[Path]:
 
 
 def newest_complete_checkpoint(run_dir: Path) -> Path | None:
-    complete = [p for p in _checkpoint_folders(Path(run_dir) / "checkpoints") if is_complete(p)]
+    complete = [p for p in checkpoint_folders(Path(run_dir) / "checkpoints") if is_complete(p)]
     return complete[-1] if complete else None
 
 
@@ -212,101 +210,33 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return target
 
 
-def _find_checkpoint(run_dir: Path) -> Path:
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        root = Path(run_dir) / "checkpoints"
-        partial = [p.name for p in _checkpoint_folders(root)]
-        if partial:
-            raise CheckpointError(f"--resume: no complete checkpoint under {root}: {', '.join(partial)} each lack "
-                                  f"one of {', '.join(CHECKPOINT_FILES)}")
-        raise CheckpointError(f"--resume: no checkpoint under {root}")
-    return path
+def load_network(checkpoint: str | Path) -> tuple[RunConfig, torch.nn.Module, str]:
+    """(config, frozen network, checkpoint folder) from a run folder (newest checkpoint, via
+    checkpoints/LATEST), a checkpoint folder (learner.pt + config.yaml) or a learner.pt.
 
+    learner.pt is read weights-only: a file that asks to unpickle code is refused with a
+    CheckpointError, as is a LATEST naming anything but a checkpoint folder of the run."""
+    from mmotif.learners.build import make_network
 
-def _fallback_hint(path: Path) -> str:
-    others = [p.name for p in _checkpoint_folders(path.parent) if p != path and is_complete(p)]
-    if not others:
-        return "no older complete checkpoint is left to fall back to"
-    return f"remove {path} (and write {others[-1]!r} into {path.parent / 'LATEST'}) to fall back to an older one"
-
-
-def _corrupt(path: Path, err: Exception) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is unreadable or corrupt ({_first_line(err)}); {_fallback_hint(path)}")
-
-
-def _saved_config(path: Path) -> RunConfig:
-    try:
-        return build_config(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml"))
-    except Exception as err:  # noqa: BLE001 - any failure to read means unusable
-        raise _corrupt(path, err) from None
-
-
-def check_resumable(run_dir: Path, cfg: RunConfig) -> Path:
-    """The checkpoint `--resume` would use, after refusing one that cannot continue `cfg` or
-    whose labels the run's preference store no longer holds; reads its config.yaml and
-    driver.json and the store's last row id (cheap: call it before touching the run folder)."""
-    path = _find_checkpoint(run_dir)
-    _check_compatible(_saved_config(path), cfg, path)
-    _check_store_holds_labels(path, Path(run_dir) / STORE_NAME)
-    return path
-
-
-def _driver_state(path: Path) -> dict:
-    try:
-        state = json.loads((path / "driver.json").read_text())
-    except Exception as err:  # noqa: BLE001
-        raise _corrupt(path, err) from None
+    path = Path(checkpoint)
+    if path.is_file():
+        path = path.parent
+    if (path / "checkpoints").is_dir():  # a run folder
+        path = latest_checkpoint(path) or path
+    weights, config = path / "learner.pt", path / "config.yaml"
+    if not weights.is_file() or not config.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint (learner.pt + config.yaml) found at {path}")
+    cfg = build_config(yaml.safe_load(config.read_text()), str(config))
+    state = load_learner_file(weights)
     if not isinstance(state, dict):
-        raise _corrupt(path, ValueError("driver.json is not a JSON object"))
-    return state
-
-
-def _check_store_holds_labels(path: Path, store_path: Path) -> None:
-    """Refuse a resume whose preference store lost rows the checkpoint counted: the run
-    would report the old label count and retrain reward models from fewer labels. The store's
-    row ids only grow, so its cursor can only be at or past the checkpoint's."""
-    from mmotif.rewards.store import PreferenceStore
-
-    saved = _driver_state(path).get("store_cursor", 0)
-    if not isinstance(saved, int) or saved <= 0:
-        return
-    advice = (f"restore that file (with its -wal file) to resume, or start a new run in another "
-              f"run folder (paths.run_dir)")
-    if not store_path.is_file():
-        raise CheckpointError(f"--resume: {store_path} is missing, but checkpoint {path.name} was written "
-                              f"after {saved} labels were stored in it; {advice}")
-    with PreferenceStore(store_path) as store:
-        cursor = store.cursor()
-    if cursor < saved:
-        raise CheckpointError(f"--resume: {store_path} ends at row {cursor}, but checkpoint {path.name} was "
-                              f"written after {saved} labels were stored in it (the file was replaced or "
-                              f"rows were removed); {advice}")
-
-
-def load_checkpoint(run_dir: Path, cfg: RunConfig) -> tuple[dict, dict]:
-    """(learner_state, driver_state) of the newest checkpoint; refuse one that cannot
-    continue this config."""
-    path = _find_checkpoint(run_dir)
-    _check_compatible(_saved_config(path), cfg, path)
-    driver_state = _driver_state(path)
+        raise CheckpointError(f"{weights} is not a mmotif checkpoint (no weights in it)")
+    net = make_network(cfg)
     try:
-        learner_state = load_learner_file(path / "learner.pt")
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}; {_fallback_hint(path)}") from None
-    if not isinstance(learner_state, dict) or "env_steps" not in learner_state:
-        raise CheckpointError(f"{path / 'learner.pt'} is not a mmotif checkpoint (no learner state in it)")
-    return learner_state, driver_state
-
-
-def _check_compatible(saved: RunConfig, cfg: RunConfig, path: Path) -> None:
-    problems = []
-    if [s.name for s in saved.skills] != [s.name for s in cfg.skills]:
-        problems.append(f"skills {[s.name for s in saved.skills]} vs {[s.name for s in cfg.skills]}")
-    if saved.learner.network != cfg.learner.network:
-        problems.append(f"network {saved.learner.network} vs {cfg.learner.network}")
-    if tuple(saved.env.crop) != tuple(cfg.env.crop):
-        problems.append(f"crop {saved.env.crop} vs {cfg.env.crop}")
-    if problems:
-        raise CheckpointError(f"checkpoint {path} was written by a different run config: "
-                              + "; ".join(problems) + ". Resume with the run's own config.yaml.")
+        net.load_state_dict(state["net"] if "net" in state else state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{weights} does not fit the network of {config} "
+                              f"({str(err).strip().splitlines()[0][:300]})") from None
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return cfg, net, str(path)

@@ -27,15 +27,16 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmotif.annotators.offline import append_captions
 from mmotif.annotators.sampler import PairSampler
+from mmotif.checkpoint import load_network, save_checkpoint
 from mmotif.config import ConfigError, RunConfig
 from mmotif.rewards.store import PreferenceStore
-from mmotif.runtime.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from mmotif.runtime.cluster import (
     LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, new_rollout_actors,
     plan_actors, rollout_actor_options,
 )
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress, WindowedRate
+from mmotif.runtime.resume import check_resumable, load_checkpoint
 from mmotif.runtime.wandb_logger import wandb_logger
 from mmotif.evaluation.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
@@ -261,7 +262,7 @@ class Driver:
 
     def _evaluate(self) -> dict:
         """The trained network, frozen, under each task's reference policy over skills."""
-        from mmotif.evaluation.evaluate import evaluate, load_network
+        from mmotif.evaluation.evaluate import evaluate
 
         cfg, net, _ = load_network(self.run_dir)
         e, out = self.cfg.evaluation, {}
