@@ -145,7 +145,8 @@ def test_stratified_pairs_hold_rare_moments_far_more_often_than_uniform(game):
     expected_uniform = 1 - (n - r) * (n - r - 1) / (n * (n - 1))  # P(a uniform pair holds a rare one)
     shares = {}
     for alpha in (1.0, 0.3, 0.0):
-        sampler = PairSampler(["descender"], lambda *a: False, seed=3, stratum_alpha=alpha)
+        # stratification alone: typical captions share reward inputs, so no per-input cap
+        sampler = PairSampler(["descender"], lambda *a: False, seed=3, stratum_alpha=alpha, per_input_cap=None)
         sampler.add_captions(pool)
         pairs = draw_pairs(sampler, 500)
         shares[alpha] = rare_share(pairs)
@@ -153,7 +154,7 @@ def test_stratified_pairs_hold_rare_moments_far_more_often_than_uniform(game):
     assert shares[1.0] < 3 * expected_uniform  # alpha = 1 is the plain uniform sampler
     assert shares[0.3] >= 5 * max(shares[1.0], expected_uniform)
     assert shares[0.0] >= shares[0.3] >= 10 * expected_uniform
-    default = PairSampler(["descender"], lambda *a: False, seed=3)
+    default = PairSampler(["descender"], lambda *a: False, seed=3, per_input_cap=None)
     default.add_captions(pool)
     pairs = draw_pairs(default, 500)
     assert rare_share(pairs) == shares[0.3]  # the default is alpha = 0.3
@@ -168,7 +169,7 @@ def test_stratified_pairs_hold_rare_moments_far_more_often_than_uniform(game):
 
 def test_stratified_sampling_still_dedups_and_skips_labelled_pairs(game, tmp_path):
     typical, rare = game
-    sampler = PairSampler(["descender"], lambda *a: False, seed=0)
+    sampler = PairSampler(["descender"], lambda *a: False, seed=0, per_input_cap=None)
     sampler.add_captions(typical + rare)
     sampler.add_captions(rare + typical[:10])
     assert len(sampler) == len(typical) + len(rare)
@@ -212,7 +213,7 @@ def test_pointwise_contract_holds_and_rare_moments_are_scored_first(game):
 
 def test_eviction_keeps_the_rare_strata(game):
     typical, rare = game
-    sampler = PairSampler(["descender"], lambda *a: False, pool_size=200, seed=0)
+    sampler = PairSampler(["descender"], lambda *a: False, pool_size=200, seed=0, per_input_cap=None)
     sampler.add_captions(rare)
     for i in range(0, len(typical), 4):  # a few captions per rollout, as from the actors
         sampler.add_captions(typical[i:i + 4])
