@@ -358,3 +358,144 @@ def test_overhead_of_a_budgeted_call_is_printed():
     print(f"\nsandbox overhead per small call: {overhead_us:.2f} us "
           f"(plain {t_plain * 1e6:.2f} us, sandboxed {t_sandboxed * 1e6:.2f} us)")
     assert budgeted(guarded, "ascender", 5, 2, 3) is True
+
+
+# ---------------------------------------------------------------------------------------
+# Hardening (issue 17, findings 2 and 3): hostile values, C-level work, output, source
+# ---------------------------------------------------------------------------------------
+LYING_INT = """
+class Liar(int):
+    def __gt__(self, other):
+        return False
+"""
+
+
+class _Liar(int):
+    """What a policy could build if the sandbox let it: an int that says it is small."""
+
+    def __gt__(self, other):
+        return False
+
+    def __ge__(self, other):
+        return False
+
+    def __lt__(self, other):
+        return True
+
+    def __le__(self, other):
+        return True
+
+
+@pytest.mark.parametrize("guard, args, words", [
+    ("_mul_", ("a", _Liar(50_000_000)), "repeating a str"),
+    ("_mul_", ([0], _Liar(1_250_000_000)), "repeating a list"),
+    ("_pow_", (3, _Liar(3_000_000)), "bits"),
+    ("_pow_", (_Liar(3), _Liar(3_000_000)), "bits"),
+    ("_lshift_", (1, _Liar(10**9)), "bits"),
+    ("_mul_", (_Liar(7 ** 30000), _Liar(7 ** 30000)), "bits"),
+    ("_guarded_range", (_Liar(10**10),), "range"),
+])
+def test_size_guards_use_plain_values_not_the_objects_comparisons(guard, args, words):
+    from mmotif.skills import sandbox as sandbox_module
+
+    t0 = time.perf_counter()
+    with pytest.raises(sandbox_module.SandboxLimitError, match=words):
+        getattr(sandbox_module, guard)(*args)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_sized_str_methods_use_plain_values():
+    from mmotif.skills import sandbox as sandbox_module
+
+    center = sandbox_module._getattr_("a", "center")
+    with pytest.raises(sandbox_module.SandboxLimitError, match="str.center"):
+        center(_Liar(10_000_000_000))
+
+
+def test_builtin_subclass_with_lying_comparison_is_refused():
+    with pytest.raises(CodePolicyError, match=r"class Liar subclasses int and may not override comparison"):
+        load(LYING_INT)
+    load("class Counter(dict):\n    pass\n\nclass Box:\n    def __lt__(self, other):\n        return True\n")
+
+
+@pytest.mark.parametrize("body, words", [
+    ("x = [big] * 1_000_000\n    return sum(map(sum, x))", "repeating a list"),
+    ("x = [big] * 20\n    return sum(map(sum, x * 50_000))", "repeating a list"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return sum(map(sum, x))", "time budget"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return x.count([0] * 1_000_000)", "count"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return sorted(x)", "sorted"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return max(x)", "max"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return str(x)", "str"),
+    ("x = []\n    for i in range(100):\n        x.append(big)\n    return sum(x, [])", "sum"),
+    ("p = 2 ** 61 - 1\n    return set([p * i for i in range(30_000)])", "hash"),
+    ("p = 2 ** 61 - 1\n    return dict.fromkeys([p * i for i in range(30_000)])", "hash"),
+    ("p = 2 ** 61 - 1\n    s = set()\n    s.update([(p * i,) for i in range(5_000)])\n    return s", "hash"),
+])
+def test_c_level_calls_on_big_policy_data_are_bounded(body, words):
+    src = f"def f():\n    big = [0] * 1_000_000\n    {body}\n"
+    t0 = time.perf_counter()
+    with pytest.raises(CodePolicyError, match=words):
+        call(src)
+    assert time.perf_counter() - t0 < 1.5
+
+
+def test_legit_builtin_calls_still_work():
+    src = """
+    def f():
+        xs = [3, 1, 2] * 1000
+        words = ['b', 'a'] * 100
+        d = dict.fromkeys(words, 0)
+        s = set(xs)
+        s.update([7, 8])
+        return (sorted(xs)[0], max(xs), min(words), sum(xs), xs.count(1), sorted(d), sorted(s)[-1],
+                list(map(abs, [-1, 2])), list(filter(None, [0, 1])), str([1, 2]), sum([[1], [2]], []) if False else 0)
+    """
+    assert call(src) == (1, 3, "a", 6000, 1000, ["a", "b"], 8, [1, 2], [1], "[1, 2]", 0)
+
+
+def test_printed_output_is_capped_in_bytes():
+    src = "def f():\n    s = 'a' * 1_000_000\n    for i in range(500):\n        print(s, i)\n"
+    sandbox = load(src)
+    sandbox.call_with_budget(sandbox.globals["f"], budget_s=5)
+    kept = sum(len(line) for line in sandbox.printed)
+    assert kept <= 200_000
+    assert list(sandbox.printed)[-1].endswith(" 499")
+
+
+def test_error_annotation_is_linear_in_the_source():
+    source = "import os\n" * 40_000                     # 40,000 refused lines, 400,000 characters
+    t0 = time.perf_counter()
+    with pytest.raises(UnsafeCodeError) as info:
+        compile_policy_source(source, "policy.py")
+    assert time.perf_counter() - t0 < 5.0
+    message = str(info.value)
+    assert len(message) < 10_000 and "more errors" in message
+
+
+@pytest.mark.parametrize("source", [
+    "x = " + "+".join(["1"] * 100_000) + "\n",
+    "x = " + "-" * 100_000 + "1\n",
+    "x = a" + ".b" * 100_000 + "\n",
+    "x = 1" + " if 1 else 1" * 30_000 + "\n",
+])
+def test_deeply_nested_source_is_refused_with_a_clear_error(source):
+    with pytest.raises(UnsafeCodeError, match=r"policy.py: .*nested too deeply"):
+        compile_policy_source(source, "policy.py")
+
+
+def test_policy_code_called_by_trusted_code_runs_under_the_budget():
+    src = """
+    class Sticky:
+        def __eq__(self, other):
+            while True:
+                pass
+
+    def make():
+        return [Sticky()]
+    """
+    sandbox = load(src)
+    items = sandbox.call_with_budget(sandbox.globals["make"])
+    t0 = time.perf_counter()
+    with pytest.raises(PolicyTimeout, match=r"__eq__\(\) ran past its time budget"):
+        items == [1]                                   # trusted code compares: no BaseException leaks
+    assert time.perf_counter() - t0 < 0.5

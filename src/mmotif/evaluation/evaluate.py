@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from mmotif.config import RunConfig
-from mmotif.learners.network import ENCODER_KEYS
+from mmotif.evaluation.episodes import TaskEpisodes, play
 from mmotif.nethack.tasks import TASKS, Task, TaskTracker, get_task, load_task_policy
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.specs import SkillSet
+from mmotif.skills.vector import VectorSkillEnv
 
 __all__ = [
     "EvalResults",
@@ -223,7 +224,6 @@ def evaluate(
 def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greedy, record, out_dir,
               log) -> EvalResults:
     task = get_task(task) if isinstance(task, str) else task
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     skills = SkillSet(skills=tuple(cfg.skills))
     num_envs = max(1, min(num_envs or min(episodes, 8), episodes))
     max_steps = max_steps or cfg.env.max_episode_steps
@@ -234,95 +234,25 @@ def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greed
             return _policy_copy(policy, seed * 1009 + i)
         return load_task_policy(task, policy, skills, seed=seed * 1009 + i, budget_s=budget)
 
-    envs: list[SkillEnv] = []
-    for i in range(num_envs):
-        envs.append(SkillEnv(skills, make_policy(i), crop=tuple(cfg.env.crop), max_episode_steps=max_steps,
-                             msg_max_keys=cfg.env.msg_max_keys, caption_rate=0.0, seed=seed * 1009 + i,
-                             task=TaskTracker(task)))
-    policy_name = envs[0].policy.name
+    def make_env(i: int) -> SkillEnv:
+        return SkillEnv(skills, make_policy(i), crop=tuple(cfg.env.crop), max_episode_steps=max_steps,
+                        msg_max_keys=cfg.env.msg_max_keys, caption_rate=0.0, seed=seed * 1009 + i,
+                        task=TaskTracker(task))
+
+    hooks = TaskEpisodes(task, episodes, skills.names, record=record, max_frames=max_steps + 1,
+                         replay_dir=None if out_dir is None else Path(out_dir) / "replays", log=log)
+    venv = VectorSkillEnv(make_env, num_envs, hooks)
+    policy_name = venv.envs[0].policy.name
 
     if any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).to("cpu")          # the caller's network stays where it is
     net.eval()
     torch.manual_seed(seed)
-    first = envs[0].observation_space.spaces
-    obs = {k: np.zeros((num_envs, *first[k].shape), first[k].dtype) for k in ENCODER_KEYS}
-    rows = [{k: obs[k][i] for k in ENCODER_KEYS} for i in range(num_envs)]
-    full = [{k: np.zeros(sp.shape, sp.dtype) for k, sp in first.items()} for _ in range(num_envs)]
-    tensors = {k: torch.from_numpy(v) for k, v in obs.items()}
-    state = net.initial_state(num_envs)
-
-    recorders: dict[int, object] = {}
-    if record:
-        from mmotif.evaluation.replay import EpisodeRecorder
-    results: list[dict] = []
-    started = 0
-    active = [False] * num_envs
-    episode_of = [-1] * num_envs
     t0 = time.perf_counter()
-
-    def start(i: int) -> None:
-        nonlocal started
-        env = envs[i]
-        env.begin_episode()
-        env.write_observation(full[i])
-        for k in ENCODER_KEYS:
-            np.copyto(rows[i][k], full[i][k])
-        state[i] = 0
-        episode_of[i] = started
-        active[i] = True
-        if started < record:
-            rec = EpisodeRecorder(skills.names, max_frames=max_steps + 1)
-            rec.frame(env.game, env.skill_id)
-            recorders[i] = rec
-        else:
-            recorders.pop(i, None)
-        started += 1
-
-    for i in range(num_envs):
-        if started < episodes:
-            start(i)
-    while any(active):
-        actions, _, _, new_state = net.act(tensors, state, greedy=greedy)
-        state = new_state.clone()
-        for i, env in enumerate(envs):
-            if not active[i]:
-                continue
-            a = int(actions[i])
-            rec = recorders.get(i)
-            if rec is not None:
-                rec.action(a)
-            _, terminated, truncated = env.advance(a)
-            tracker: TaskTracker = env.task
-            if rec is not None:
-                rec.frame(env.game, env.skill_id)
-            done = terminated or truncated or tracker.finished
-            if not done:
-                env.write_observation(full[i])
-                for k in ENCODER_KEYS:
-                    np.copyto(rows[i][k], full[i][k])
-                continue
-            result = tracker.result()
-            result.update(
-                episode=episode_of[i], died=bool(terminated), truncated=bool(truncated and not terminated),
-                ended_on_success=bool(tracker.finished), env_steps=env.stats.steps,
-                skill_switches=env.stats.skill_switches, policy_errors=env.stats.policy_errors,
-                last_policy_error=env.stats.last_policy_error, score=env.stats.score,
-                skill_steps=dict(zip(skills.names, env.stats.skill_steps)),
-            )
-            if rec is not None and out_dir is not None:
-                recording = rec.finish(task=task.name, episode=episode_of[i], result=result)
-                path = recording.save(Path(out_dir) / "replays" / f"{task.name}_episode{episode_of[i]:03d}.npz")
-                result["replay"] = str(path)
-            results.append(result)
-            log(f"[{task.name}] episode {result['episode']}: {result['steps']} steps, "
-                f"proxy {result['proxy']:g}, exact {result['exact']:g}"
-                + (" (died)" if result["died"] else "") + f"  [{len(results)}/{episodes}]")
-            active[i] = False
-            if started < episodes:
-                start(i)
-    for env in envs:
-        env.close()
+    try:
+        results = play(venv, net, greedy=greedy)
+    finally:
+        venv.close()
     results.sort(key=lambda r: r["episode"])
     out = EvalResults(task, results, policy_name=policy_name, seed=seed, max_steps=max_steps,
                       wall_s=time.perf_counter() - t0)
@@ -344,9 +274,6 @@ def _render_first_replay(results: EvalResults, out_dir: Path) -> None:
                                                           max_frames=400, title=f"{results.task.title}: "
                                                           f"episode {r['episode']}"))
             return
-
-
-
 
 
 # ---------------------------------------------------------------------------------------

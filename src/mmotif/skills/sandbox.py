@@ -25,20 +25,40 @@ At run time:
   forms) are compiled into guard calls that refuse, *before* computing, results above
   `MAX_ITEMS` elements/characters or `MAX_INT_BITS`-bit integers; `range` refuses more than
   `MAX_ITEMS` items; `str.center/ljust/rjust/zfill/expandtabs/replace/join` and
-  `list.extend` are size-checked and slice assignment is refused;
+  `list.extend` are size-checked and slice assignment is refused. Guards compute on exact
+  built-in values (`operator.index`), never on the policy's objects, and a policy class that
+  subclasses a built-in type may not override comparison;
+- **C-level work**: a builtin does its whole loop without a tick, so the inputs of the ones
+  that walk a value are weighed first (items and characters, nested values and repeated
+  references counted: `[big] * 1000` weighs a thousand `big`s) and refused above `MAX_ITEMS`:
+  repetition, `sorted`, `min`, `max`, `sum` (numeric start only), `str`, `repr`, f-string
+  fields, `%`-formatting, `print`, `list/tuple.count/index/sort`. `set`, `frozenset`, `dict`,
+  `dict.fromkeys` and the set/dict update methods also refuse more than
+  `MAX_HASH_COLLIDERS` integers beyond 2**61 (the only values whose hashes a policy can make
+  collide: a set of them is quadratic). `map` and `filter` read the clock before every item;
 - attribute reads: a literal name (`x.name`) is checked once, at compile time, and then
   read directly; a computed one (`getattr(x, name)`) is checked by `_getattr_` at run
   time; size-checked methods always go through `_getattr_`;
 - attribute writes only on instances of classes defined by the policy itself, and on
   lists/dicts/sets (`_write_`);
+- `print` keeps the last `MAX_PRINT_LINES` lines and `MAX_PRINT_CHARS` characters;
+- the special methods a policy may define (`__eq__`, `__lt__`, ..., `__contains__`,
+  `__init__`) run under the budget even when trusted code triggers them, so the budget's
+  internal exception never reaches trusted code; outside any call it stops policy code at once;
 - any exception from policy code (including `RecursionError` and `MemoryError`) becomes
   `CodePolicyError`, whose message names the policy file, the method, the line and its
-  text, and what went wrong.
+  text, and what went wrong. Source nested too deeply to compile is an `UnsafeCodeError`;
+  a refusal lists at most `MAX_LISTED_ERRORS` errors (work linear in the source).
 
-This is a guard against runaway or careless generated code, in-process and cheap (a call
-of a small method costs a few microseconds more than plain Python), not an OS-level jail:
-C-level work that is bounded by the size guards (e.g. sorting a million-item list) is not
-interrupted, and memory is not metered.
+What is *not* contained here: this is an in-process guard against runaway or careless
+generated code, cheap enough for the env step loop (a small call costs about a microsecond
+more than plain Python), not an OS-level jail. A single C-level call on a value under the
+weight limit is not interrupted (sorting a million ints: ~0.1-0.3 s); `==` and `in` on two
+values each built within the limits are not weighed; memory is bounded per operation, not in
+total (the policy's state between calls is weighed by `CodePolicy`). Everything that is not
+on the per-step hot path (unit tests, the dry run of `mmotif plan` and `mmotif eval`) runs in
+a subprocess with CPU and address-space limits (`mmotif.codegen.runner`); `mmotif eval` has a
+wall-clock watchdog for the hot path.
 """
 
 from __future__ import annotations
@@ -50,6 +70,7 @@ import operator
 import random as _random_module
 import re
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Sized
 from types import CodeType
@@ -79,6 +100,8 @@ MAX_INT_BITS = 1 << 16      # largest integer a single operation may build (~19,
 MAX_SOURCE_CHARS = 400_000
 MAX_FORMAT_WIDTH = 9_999
 MAX_PRINT_LINES = 1_000
+MAX_PRINT_CHARS = 100_000   # characters of printed output kept, all lines together
+MAX_PRINT_LINE_CHARS = 10_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +238,13 @@ class PolicyTransformer(RestrictingNodeTransformer):
 
     def visit_Call(self, node):
         func = node.func
+        if isinstance(func, ast.Name) and func.id in _CALL_GUARDED:
+            node = super().visit_Call(node)
+            node.args = [ast.Name(func.id, ast.Load())] + node.args
+            node.func = ast.Name("_call_guard_", ast.Load())
+            for sub in (node.func, node.args[0]):
+                copy_locations(sub, func)
+            return node
         if isinstance(func, ast.Name) and func.id in _GETATTR_LIKE and len(node.args) >= 2:
             arg = node.args[1]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
@@ -232,7 +262,12 @@ class PolicyTransformer(RestrictingNodeTransformer):
                 text = "".join(str(p.value) for p in parts)
                 if any(int(d) > MAX_FORMAT_WIDTH for d in re.findall(r"\d+", text)):
                     self.error(node, f"f-string widths above {MAX_FORMAT_WIDTH} are not allowed")
-        return super().visit_FormattedValue(node)
+        node = super().visit_FormattedValue(node)
+        call = ast.Call(func=ast.Name("_fmt_", ast.Load()), args=[node.value], keywords=[])
+        copy_locations(call, node.value)
+        copy_locations(call.func, node.value)
+        node.value = call
+        return node
 
     def visit_Subscript(self, node):
         if isinstance(node.ctx, ast.Store) and isinstance(node.slice, ast.Slice):
@@ -319,21 +354,36 @@ def compile_policy_source(
         raise UnsafeCodeError(f"{filename}: policy source must be a str, not {type(source).__name__}")
     if len(source) > MAX_SOURCE_CHARS:
         raise UnsafeCodeError(f"{filename}: policy source is {len(source)} characters (limit {MAX_SOURCE_CHARS})")
-    result = compile_restricted_exec(source, filename=filename, policy=PolicyTransformer)
+    try:
+        result = compile_restricted_exec(source, filename=filename, policy=PolicyTransformer)
+    except (RecursionError, MemoryError) as err:
+        raise UnsafeCodeError(f"{filename}: policy source is nested too deeply to compile "
+                              f"({type(err).__name__}); split long expressions") from None
     if result.errors or result.code is None:
-        errors = tuple(_annotate_error(e, source, describe_line) for e in result.errors) or ("unknown error",)
-        listing = "\n  ".join(errors)
-        raise UnsafeCodeError(f"{filename}: code policy refused:\n  {listing}", errors, filename)
+        raise _refusal(result.errors, source, filename, describe_line)
     return result.code
 
 
-def _annotate_error(message: str, source: str, describe_line) -> str:
+MAX_LISTED_ERRORS = 20
+
+
+def _refusal(messages, source: str, filename: str, describe_line) -> UnsafeCodeError:
+    lines = source.splitlines()
+    errors = tuple(_annotate_error(e, lines, describe_line) for e in messages[:MAX_LISTED_ERRORS])
+    errors = errors or ("unknown error",)
+    listing = "\n  ".join(errors)
+    if len(messages) > MAX_LISTED_ERRORS:
+        listing += f"\n  ... and {len(messages) - MAX_LISTED_ERRORS} more errors"
+    return UnsafeCodeError(f"{filename}: code policy refused:\n  {listing}", errors, filename)
+
+
+def _annotate_error(message: str, lines: list[str], describe_line) -> str:
     m = re.match(r"Line (\d+):", message)
     if not m:
         return message
     lineno = int(m.group(1))
     where = describe_line(lineno) if describe_line else ""
-    text = _source_line(source, lineno)
+    text = _source_line(lines, lineno)
     out = message
     if where:
         out = f"Line {lineno} ({where}):{message[m.end():]}"
@@ -342,11 +392,14 @@ def _annotate_error(message: str, source: str, describe_line) -> str:
     return out
 
 
-def _source_line(source: str, lineno: int | None) -> str:
-    if not lineno:
+MAX_SHOWN_LINE = 200
+
+
+def _source_line(lines: list[str], lineno: int | None) -> str:
+    if not lineno or not 0 < lineno <= len(lines):
         return ""
-    lines = source.splitlines()
-    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+    text = lines[lineno - 1].strip()
+    return text if len(text) <= MAX_SHOWN_LINE else text[:MAX_SHOWN_LINE] + "..."
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,15 +414,23 @@ def _too_big(what: str, size) -> SandboxLimitError:
     return SandboxLimitError(f"{what} would have {size} items (limit {MAX_ITEMS})")
 
 
+def _plain(n: int) -> int:
+    """`n` as an exact int: a guard never asks a policy-made object how big it is."""
+    return n if type(n) is int else operator.index(n)
+
+
 def _int_bits(x) -> int:
-    return abs(int(x)).bit_length()
+    return abs(_plain(x)).bit_length()
 
 
 def _check_repeat(seq, n) -> None:
-    if isinstance(n, int) and n > 0:
-        size = len(seq) * n
-        if size > MAX_ITEMS:
-            raise _too_big(f"repeating a {type(seq).__name__} of length {len(seq)} {n} times", size)
+    if isinstance(n, int):
+        n = _plain(n)
+        if n > 0:
+            size = _weight_of(seq) * n
+            if size > MAX_ITEMS:
+                raise _too_big(f"repeating a {type(seq).__name__} of length {len(seq)} {n} times "
+                               f"(nested items counted)", size)
 
 
 def _mul_(a, b):
@@ -388,14 +449,18 @@ def _mul_(a, b):
 
 
 def _pow_(a, b):
-    if isinstance(a, int) and isinstance(b, int) and b > 1 and (a > 1 or a < -1):
+    if isinstance(a, int) and isinstance(b, int):
+        a, b = _plain(a), _plain(b)
+    if type(a) is int and type(b) is int and b > 1 and (a > 1 or a < -1):
         if b * math.log2(abs(a)) > MAX_INT_BITS:
             raise SandboxLimitError(f"{a} ** {b} would exceed {MAX_INT_BITS} bits")
     return a ** b
 
 
 def _lshift_(a, b):
-    if isinstance(a, int) and isinstance(b, int) and a and b > 0 and _int_bits(a) + b > MAX_INT_BITS:
+    if isinstance(a, int) and isinstance(b, int):
+        a, b = _plain(a), _plain(b)
+    if type(a) is int and type(b) is int and a and b > 0 and _int_bits(a) + b > MAX_INT_BITS:
         raise SandboxLimitError(f"{a} << {b} would exceed {MAX_INT_BITS} bits")
     return a << b
 
@@ -417,7 +482,196 @@ def _mod_(a, b):
             for group in m.groups():
                 if group == "*" or (group and int(group) > MAX_FORMAT_WIDTH):
                     raise SandboxLimitError(f"%-format widths must be literal and at most {MAX_FORMAT_WIDTH}")
+        if type(b) not in _FAST_TEXT:
+            _check_weight(b, "%-formatting")
     return a % b
+
+
+# ---------------------------------------------------------------------------------------
+# Run time: weights (what one C-level pass over a value costs)
+# ---------------------------------------------------------------------------------------
+_HASH_MODULUS = (1 << 61) - 1        # ints hash modulo this: only ints beyond it can collide
+MAX_HASH_COLLIDERS = 2_000           # such ints one set/dict construction may hash
+_NO_WEIGHT = frozenset({float, bool, type(None), complex, range})
+_SEQUENCE_TYPES = (list, tuple, set, frozenset)
+
+
+class _Weight:
+    """A capped walk: items and characters reachable from a value, every reference counted
+    (a list holding one big list a million times weighs a million big lists)."""
+
+    __slots__ = ("total", "colliders", "limit", "todo")
+
+    def __init__(self, limit: int):
+        self.total = self.colliders = 0
+        self.limit = limit
+        self.todo: list = []
+
+    def walk(self, value) -> _Weight:
+        self.todo.append(value)
+        while self.todo:
+            self.add(self.todo.pop())
+            if self.total > self.limit:
+                break
+        return self
+
+    def add(self, v) -> None:
+        t = type(v)
+        if t is str or t is bytes:
+            self.total += len(v)
+        elif t is int:
+            self.add_ints((v,))
+        elif t in _NO_WEIGHT:
+            pass
+        elif isinstance(v, dict):
+            self.total += len(v)
+            self.add_items(v.keys())
+            self.add_items(v.values())
+        elif isinstance(v, _SEQUENCE_TYPES):
+            self.total += len(v)
+            self.add_items(v)
+        else:
+            self.total += 1
+
+    def add_items(self, items) -> None:
+        kinds = set(map(type, items))
+        if kinds <= _NO_WEIGHT:
+            return
+        if kinds == {int}:
+            self.add_ints(items)
+        elif kinds <= {str}:
+            self.total += sum(map(len, items))
+        else:
+            self.todo.extend(items)
+
+    def add_ints(self, items) -> None:
+        if max(map(int.bit_length, items)) > 60:
+            self.colliders += sum(1 for x in items if not -_HASH_MODULUS < x < _HASH_MODULUS)
+            self.total += sum(map(int.bit_length, items)) >> 6     # long ints compare digit by digit
+
+
+def _weight_of(value, limit: int = MAX_ITEMS) -> int:
+    return _Weight(limit).walk(value).total
+
+
+def _check_weight(value, what: str) -> None:
+    weight = _weight_of(value)
+    if weight > MAX_ITEMS:
+        raise SandboxLimitError(f"{what} on a value of more than {MAX_ITEMS} items "
+                                f"(nested items and repeated references counted) is not allowed")
+
+
+def _check_hashing(items, what: str) -> None:
+    walk = _Weight(MAX_ITEMS).walk(items)
+    if walk.total > MAX_ITEMS:
+        raise SandboxLimitError(f"{what} on more than {MAX_ITEMS} items (nested items counted) is not allowed")
+    if walk.colliders > MAX_HASH_COLLIDERS:
+        raise SandboxLimitError(f"{what} on {walk.colliders}+ integers beyond 2**61 is not allowed "
+                                f"(their hashes can collide; limit {MAX_HASH_COLLIDERS})")
+
+
+def _materialised(items):
+    return items if type(items) in (list, tuple, dict, set, frozenset) else list(items)
+
+
+def _guarded_sorted(iterable, /, *, key=None, reverse=False):
+    items = list(iterable)
+    _check_weight(items, "sorted()")
+    items.sort(key=key, reverse=reverse)
+    return items
+
+
+def _extremum(builtin, name: str):
+    def guarded(*args, **kwargs):
+        items = args if len(args) > 1 else _materialised(args[0]) if args else ()
+        _check_weight(items, f"{name}()")
+        return builtin(items, **kwargs) if len(args) == 1 else builtin(*args, **kwargs)
+    guarded.__name__ = name
+    return guarded
+
+
+def _guarded_sum(iterable, /, start=0):
+    if not isinstance(start, (int, float, complex)):
+        raise SandboxLimitError(f"sum() with a {type(start).__name__} start is not allowed "
+                                f"(use list.extend or a comprehension)")
+    items = _materialised(iterable)
+    _check_weight(items, "sum()")
+    return sum(items, start)
+
+
+def _text_of(builtin):
+    def guarded(*args, **kwargs):
+        if args and type(args[0]) not in _FAST_TEXT:
+            _check_weight(args[0], f"{builtin.__name__}()")
+        return builtin(*args, **kwargs)
+    guarded.__name__ = builtin.__name__
+    return guarded
+
+
+_FAST_TEXT = frozenset({str, int, float, bool, type(None)})
+
+
+def _fmt_(value):
+    """An f-string field: formatting a container is a C-level walk over it."""
+    if type(value) not in _FAST_TEXT:
+        _check_weight(value, "formatting")
+    return value
+
+
+def _call_guard_(fn, *args, **kwargs):
+    """A call of `set`, `frozenset`, `dict` or `str` in policy code (names kept for isinstance)."""
+    if fn is str:
+        if args and type(args[0]) not in _FAST_TEXT:
+            _check_weight(args[0], "str()")
+    elif fn is set or fn is frozenset or fn is dict:
+        if args:
+            args = (_materialised(args[0]),) + args[1:]
+            _check_hashing(args[0], f"{fn.__name__}()")
+    return fn(*args, **kwargs)
+
+
+_CALL_GUARDED = frozenset({"set", "frozenset", "dict", "str"})
+_HASHING_METHODS = frozenset({
+    "update", "union", "intersection", "difference", "symmetric_difference", "intersection_update",
+    "difference_update", "symmetric_difference_update", "issubset", "issuperset", "isdisjoint", "fromkeys",
+})
+_WEIGHED_METHODS = frozenset({"count", "index", "sort"})
+
+
+def _hashing_method(ob, name: str):
+    method = getattr(ob, name)
+
+    owner = ob.__name__ if isinstance(ob, type) else type(ob).__name__
+
+    def guarded(*args, **kwargs):
+        hashed = args[:1] if name == "fromkeys" else args
+        hashed = tuple(_materialised(a) for a in hashed)
+        for a in hashed:
+            _check_hashing(a, f"{owner}.{name}()")
+        return method(*hashed, *args[len(hashed):], **kwargs)
+    return guarded
+
+
+# map/filter read the clock before every item: the function they apply may be a builtin
+# doing C-level work (`sum(map(sum, rows))`), which no tick inside policy code would see
+def _make_map(check):
+    def guarded_map(fn, *iterables):
+        for args in zip(*iterables):
+            check()
+            yield fn(*args)
+    guarded_map.__name__ = "map"
+    return guarded_map
+
+
+def _make_filter(check):
+    def guarded_filter(fn, iterable):
+        keep = bool if fn is None else fn
+        for item in iterable:
+            check()
+            if keep(item):
+                yield item
+    guarded_filter.__name__ = "filter"
+    return guarded_filter
 
 
 _INPLACE = {
@@ -450,18 +704,20 @@ def _sized_str_method(ob, name: str):
 
     if name in ("center", "ljust", "rjust", "zfill"):
         def padded(width, *rest):
-            if isinstance(width, int) and width > MAX_ITEMS:
+            if isinstance(width, int) and _plain(width) > MAX_ITEMS:
                 raise _too_big(f"str.{name}", width)
             return method(width, *rest)
         return padded
     if name == "expandtabs":
         def expanded(tabsize=8):
-            if isinstance(tabsize, int) and tabsize > 0 and len(ob) * tabsize > MAX_ITEMS:
+            tabsize = _plain(tabsize)
+            if tabsize > 0 and len(ob) * tabsize > MAX_ITEMS:
                 raise _too_big("str.expandtabs", len(ob) * tabsize)
             return method(tabsize)
         return expanded
     if name == "replace":
         def replaced(old, new, count=-1):
+            count = _plain(count)
             hits = ob.count(old) if len(old) else len(ob) + 1
             if count >= 0:
                 hits = min(hits, count)
@@ -493,7 +749,23 @@ def _sized_extend(ob: list):
     return extend
 
 
-_SIZED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "extend"})
+_STR_SIZED = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
+_SIZED_METHODS = _STR_SIZED | {"extend"} | _HASHING_METHODS | _WEIGHED_METHODS
+
+
+def _sized_method(ob, name: str):
+    if name in _STR_SIZED and isinstance(ob, (str, bytes)):
+        return _sized_str_method(ob, name)
+    if name == "extend" and isinstance(ob, list):
+        return _sized_extend(ob)
+    if name in _WEIGHED_METHODS and isinstance(ob, (list, tuple)):
+        _check_weight(ob, f"{type(ob).__name__}.{name}()")
+    elif name in _HASHING_METHODS and (isinstance(ob, (set, frozenset, dict)) or ob in _HASHING_TYPES):
+        return _hashing_method(ob, name)
+    return getattr(ob, name)
+
+
+_HASHING_TYPES = (set, frozenset, dict)
 _NO_DEFAULT = object()
 
 
@@ -508,10 +780,7 @@ def _getattr_(ob, name, default=_NO_DEFAULT):
     if name.startswith("_") or name in REFUSED_ATTRIBUTES:
         _refuse_attr(ob, name)
     if name in _SIZED_METHODS:
-        if isinstance(ob, (str, bytes)):
-            return _sized_str_method(ob, name)
-        if name == "extend" and isinstance(ob, list):
-            return _sized_extend(ob)
+        return _sized_method(ob, name)
     if default is _NO_DEFAULT:
         return getattr(ob, name)
     return getattr(ob, name, default)
@@ -527,8 +796,46 @@ def _safe_hasattr(ob, name) -> bool:
     return hasattr(ob, name)
 
 
+_COMPARISONS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__")
+_DUNDERS = _COMPARISONS + ("__init__",)
+
+
 class SandboxClass(type):
-    """Metaclass of every class defined by policy code (marks instances writable)."""
+    """Metaclass of every class defined by policy code (marks instances writable).
+
+    A subclass of a built-in value type may not override comparison: size guards and the
+    builtins' own checks must see honest values. The special methods a policy may define run
+    under its sandbox's budget even when trusted code triggers them (`==` on a returned list).
+    """
+
+    def __new__(mcs, name, bases, namespace, **kwargs):
+        _refuse_lying_subclass(name, bases, namespace)
+        for key in _DUNDERS:
+            fn = namespace.get(key)
+            if isinstance(fn, types.FunctionType) and isinstance(fn.__globals__.get("_sandbox_"), Sandbox):
+                namespace[key] = _budgeted_dunder(fn, fn.__globals__["_sandbox_"])
+        return super().__new__(mcs, name, bases, namespace, **kwargs)
+
+
+def _refuse_lying_subclass(name: str, bases: tuple, namespace: dict) -> None:
+    builtin = next((k for b in bases for k in b.__mro__ if k.__module__ == "builtins"
+                    and k is not object and not issubclass(k, BaseException)), None)
+    if builtin is None:
+        return
+    inherited = {k for b in bases for c in b.__mro__ if type(c) is SandboxClass for k in vars(c)}
+    overridden = [k for k in _COMPARISONS if k in namespace or k in inherited]
+    if overridden:
+        raise TypeError(f"class {name} subclasses {builtin.__name__} and may not override comparison "
+                        f"({', '.join(overridden)}) in code policies")
+
+
+def _budgeted_dunder(fn, sandbox: Sandbox):
+    def dunder(*args, **kwargs):
+        if sandbox.budget.idle():          # trusted code compared or built a policy object
+            return sandbox.call_with_budget(fn, *args, method_name=fn.__name__, **kwargs)
+        return fn(*args, **kwargs)
+    dunder.__name__ = dunder.__qualname__ = fn.__name__
+    return dunder
 
 
 _WRITABLE = frozenset({list, dict, set})
@@ -575,18 +882,30 @@ class SafeRandom:
 
 
 class _PrintSink:
-    """`print` in policy code: lines are kept (the last MAX_PRINT_LINES) on the sandbox."""
+    """`print` in policy code: the last MAX_PRINT_LINES lines, MAX_PRINT_CHARS characters in
+    all, are kept on the sandbox; a longer line keeps its head and tail."""
 
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "chars")
 
     def __init__(self, lines: deque):
         self.lines = lines
+        self.chars = 0
 
     def __call__(self, _getattr_=None):          # `_print = _print_(_getattr_)`
         return self
 
     def _call_print(self, *objects, sep=" ", end="\n", **_ignored):
-        self.lines.append(str(sep).join(str(o) for o in objects) + ("" if end == "\n" else str(end)))
+        for o in objects:
+            if type(o) not in _FAST_TEXT:
+                _check_weight(o, "print()")
+        line = str(sep).join(str(o) for o in objects) + ("" if end == "\n" else str(end))
+        if len(line) > MAX_PRINT_LINE_CHARS:
+            half = MAX_PRINT_LINE_CHARS // 2
+            line = f"{line[:half]}...({len(line) - 2 * half} characters cut)...{line[-half:]}"
+        self.lines.append(line)
+        self.chars += len(line)
+        while self.chars > MAX_PRINT_CHARS or len(self.lines) > MAX_PRINT_LINES:
+            self.chars -= len(self.lines.popleft())
 
 
 def _safe_builtins() -> dict:
@@ -601,6 +920,11 @@ def _safe_builtins() -> dict:
     out = {n: getattr(builtins, n) for n in names}
     out["__build_class__"] = builtins.__build_class__
     out["range"] = _guarded_range
+    out["sorted"] = _guarded_sorted
+    out["min"] = _extremum(min, "min")
+    out["max"] = _extremum(max, "max")
+    out["sum"] = _guarded_sum
+    out["repr"] = _text_of(repr)
     out["getattr"] = _safe_getattr
     out["hasattr"] = _safe_hasattr
     return out
@@ -660,7 +984,9 @@ class Budget:
                 left = 0
 
         self.tick = tick
+        self.check = check
         self.call = call
+        self.idle = lambda: deadline == -math.inf
 
 
 # ---------------------------------------------------------------------------------------
@@ -683,12 +1009,14 @@ class Sandbox:
         self.budget_s = float(budget_s)
         self.describe_line = describe_line
         self.source = ""
+        self.source_lines: list[str] = []
         self.random = SafeRandom(seed)
-        self.printed: deque[str] = deque(maxlen=MAX_PRINT_LINES)
+        self.printed: deque[str] = deque()
         self.budget = Budget(self._error)
         self._call = self.budget.call
         self.globals: dict = {
-            "__builtins__": _BUILTINS,
+            "__builtins__": {**_BUILTINS, "map": _make_map(self.budget.check),
+                             "filter": _make_filter(self.budget.check)},
             "__name__": "mmotif_policy",
             "__metaclass__": SandboxClass,
             "_getattr_": _getattr_,
@@ -706,6 +1034,8 @@ class Sandbox:
             "_lshift_": _lshift_,
             "_add_": _add_,
             "_mod_": _mod_,
+            "_fmt_": _fmt_,
+            "_call_guard_": _call_guard_,
             "_sandbox_": self,
             "random": self.random,
         }
@@ -715,6 +1045,7 @@ class Sandbox:
         """Compile and run module-level code (class definitions) under the budget."""
         code = compile_policy_source(source, self.filename, self.describe_line)
         self.source = source
+        self.source_lines = source.splitlines()
         self.call_with_budget(exec, code, self.globals, budget_s=budget_s, method_name="<module>")
         return self.globals
 
@@ -733,7 +1064,7 @@ class Sandbox:
             where = f" at line {lineno}" + (f" ({extra})" if extra else "")
             if func and func not in (method, "<module>"):
                 where += f" in {func}()"
-            text = _source_line(self.source, lineno)
+            text = _source_line(self.source_lines, lineno)
             if text:
                 where += f" `{text}`"
         if cls is PolicyTimeout:
