@@ -8,6 +8,12 @@ episode's summary is appended to `finished_episodes`.
 `reward_inputs` holds, for every env, what the reward models read of the observation that
 *followed* the action (message, diffstats, msg_count), taken before any reset, so the
 last step of an episode is rewarded on its real outcome.
+
+:class:`EpisodeHooks` decides what happens at the edges of episodes. Its defaults are the
+rollout worker's (above); evaluation (`mmotif.evaluation.episodes`) overrides them: a task
+reached ends an episode, the summary is the task's result, a fixed number of episodes is
+played (an env with none left stands still: `active[i]` False, its row unchanged, `done[i]`
+False) and episodes are recorded.
 """
 
 from __future__ import annotations
@@ -20,9 +26,34 @@ from mmotif.contract import REWARD_INPUT_KEYS, Caption
 from mmotif.skills.env import SkillEnv
 
 
+class EpisodeHooks:
+    """What a VectorSkillEnv does at the edges of episodes (defaults: the rollout worker's)."""
+
+    def started(self, i: int, env: SkillEnv) -> None:
+        """Env i began an episode; its first observation is written."""
+
+    def stepped(self, i: int, env: SkillEnv, action: int) -> bool:
+        """Env i played `action` (before any reset); True ends its episode here (beyond death
+        and the step limit)."""
+        return False
+
+    def summary(self, i: int, env: SkillEnv, terminated: bool, truncated: bool) -> dict:
+        """The record of env i's episode that just ended (goes to `finished_episodes`)."""
+        summary = env.info()
+        summary["truncated"] = truncated
+        return summary
+
+    def another_episode(self, i: int) -> bool:
+        """Whether env i starts an episode now (at reset and whenever one ends); False: it
+        stands still from now on."""
+        return True
+
+
 class VectorSkillEnv:
-    def __init__(self, make_env: Callable[[int], SkillEnv], num_envs: int):
+    def __init__(self, make_env: Callable[[int], SkillEnv], num_envs: int, hooks: EpisodeHooks | None = None):
         self.envs = [make_env(i) for i in range(num_envs)]
+        self.hooks = hooks or EpisodeHooks()
+        self.active = np.ones(num_envs, bool)
         first = self.envs[0]
         self.num_envs = num_envs
         self.obs = {
@@ -41,29 +72,49 @@ class VectorSkillEnv:
     def action_space(self):
         return self.envs[0].action_space
 
+    @property
+    def running(self) -> bool:
+        """Some env still plays an episode (always, unless the hooks stop restarting)."""
+        return bool(self.active.any())
+
     def reset(self) -> dict[str, np.ndarray]:
-        for env, row in zip(self.envs, self._rows):
-            env.begin_episode()
-            env.write_observation(row)
+        for i in range(self.num_envs):
+            if self.hooks.another_episode(i):
+                self._begin(i)
+            else:
+                self.active[i] = False
         self.dones[:] = False
         return self.obs
 
+    def _begin(self, i: int) -> None:
+        env = self.envs[i]
+        env.begin_episode()
+        env.write_observation(self._rows[i])
+        self.active[i] = True
+        self.hooks.started(i, env)
+
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         rewards, dones, truncated = self.rewards, self.dones, self.truncated
+        active, hooks = self.active, self.hooks
         for i, (env, row) in enumerate(zip(self.envs, self._rows)):
-            reward, term, trunc = env.advance(int(actions[i]))
+            if not active[i]:
+                rewards[i], dones[i], truncated[i] = 0.0, False, False
+                continue
+            action = int(actions[i])
+            reward, term, trunc = env.advance(action)
+            ended = hooks.stepped(i, env, action) or term or trunc
             rewards[i] = reward
-            dones[i] = term or trunc
+            dones[i] = ended
             truncated[i] = trunc
             env.write_observation(row)
             for key, arr in self.reward_inputs.items():
                 arr[i] = row[key]
-            if term or trunc:
-                summary = env.info()
-                summary["truncated"] = trunc
-                self.finished_episodes.append(summary)
-                env.begin_episode()
-                env.write_observation(row)
+            if ended:
+                self.finished_episodes.append(hooks.summary(i, env, term, trunc))
+                if hooks.another_episode(i):
+                    self._begin(i)
+                else:
+                    active[i] = False
         return self.obs, rewards, dones
 
     def pop_finished_episodes(self) -> list[dict]:
