@@ -22,9 +22,10 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs  # noqa: E402
-from mmotif.annotators.backends.embedded import EMBEDDED_MODELS, EmbeddedBackend, ensure_model  # noqa: E402
 from mmotif.annotators.examples import obvious_pairs, synthetic_pairs  # noqa: E402
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, CaptionPair  # noqa: E402
+from mmotif.llm.embedded import EmbeddedBackend  # noqa: E402
+from mmotif.llm.weights import EMBEDDED_MODELS, ensure_model  # noqa: E402
 from mmotif.skills.specs import PAPER_SKILLS  # noqa: E402
 
 

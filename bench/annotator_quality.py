@@ -566,7 +566,7 @@ def main() -> None:
     }
     print(json.dumps(result["set"], indent=1), file=sys.stderr)
 
-    from mmotif.annotators.backends.embedded import EmbeddedBackend
+    from mmotif.llm.embedded import EmbeddedBackend
 
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         backend = EmbeddedBackend(model, cache_dir=args.cache_dir, num_threads=args.threads,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mmotif.annotators.annotate import annotate_pairs
-from mmotif.annotators.backends.embedded import EmbeddedBackend
+from mmotif.llm.embedded import EmbeddedBackend
 from mmotif.annotators.examples import obvious_pairs
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, CaptionPair
 from mmotif.skills.specs import PAPER_SKILLS

@@ -18,11 +18,14 @@ import pytest
 import torch
 
 from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs, score_captions
-from mmotif.annotators.backends.base import BackendError
-from mmotif.annotators.backends.embedded import (
+from mmotif.annotators.examples import obvious_pairs
+from mmotif.annotators.prompts import pointwise_messages, prompt_version
+from mmotif.contract import LABEL_UNKNOWN, Caption, CaptionPair
+from mmotif.llm.base import BackendError
+from mmotif.llm.embedded import EmbeddedBackend
+from mmotif.llm.weights import (
     EMBEDDED_MODELS,
     MARKER,
-    EmbeddedBackend,
     EmbeddedModelSpec,
     ModelIntegrityError,
     PreparationProgress,
@@ -31,9 +34,6 @@ from mmotif.annotators.backends.embedded import (
     ensure_model,
     get_spec,
 )
-from mmotif.annotators.examples import obvious_pairs
-from mmotif.annotators.prompts import pointwise_messages, prompt_version
-from mmotif.contract import LABEL_UNKNOWN, Caption, CaptionPair
 
 MODEL = "smollm2-135m"
 SKILLS = {
@@ -220,6 +220,23 @@ def test_chat_returns_text_and_batching_does_not_change_it(backend):
     sampled = backend.chat(conversations[:1], max_tokens=12, temperature=0.7, seed=3)
     assert sampled == backend.chat(conversations[:1], max_tokens=12, temperature=0.7, seed=3)
 
+
+def test_sampling_uses_top_k_and_top_p(backend):
+    """top_k 1 (or a tiny top_p) leaves only the likeliest token: sampling at a high
+    temperature then gives the greedy reply, whatever the seed; from the call or the backend."""
+    question = [[{"role": "user", "content": "Name a colour."}]]
+    greedy = backend.chat(question, max_tokens=8)
+    for seed in (1, 2, 3):
+        assert backend.chat(question, max_tokens=8, temperature=1.5, top_k=1, seed=seed) == greedy
+        assert backend.chat(question, max_tokens=8, temperature=1.5, top_p=1e-6, seed=seed) == greedy
+    saved = backend.top_k
+    backend.top_k = 1
+    try:
+        assert backend.chat(question, max_tokens=8, temperature=1.5, seed=4) == greedy
+    finally:
+        backend.top_k = saved
+    sampled = {backend.chat(question, max_tokens=8, temperature=1.5, seed=s)[0] for s in range(6)}
+    assert len(sampled) > 1  # without them the same temperature does sample
 
 def test_yes_no_scores_are_finite_and_do_not_depend_on_batching(backend):
     prompts = [pointwise_messages(SKILLS["descender"], _caption(m, d).text)

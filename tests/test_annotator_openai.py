@@ -20,11 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mmotif.annotators.annotate import AnnotationStats, annotate_pairs
-from mmotif.annotators.backends.base import BackendError
-from mmotif.annotators.backends.embedded import EmbeddedBackend, ensure_model
-from mmotif.annotators.backends.openai_http import HTTPStatusError, OpenAIHTTPBackend
 from mmotif.annotators.prompts import pointwise_messages
 from mmotif.contract import Caption, CaptionPair
+from mmotif.llm.base import BackendError
+from mmotif.llm.embedded import EmbeddedBackend
+from mmotif.llm.openai_http import HTTPStatusError, OpenAIHTTPBackend
+from mmotif.llm.weights import ensure_model
 
 MODEL = "smollm2-135m"
 SKILLS = {"descender": "Progress means going deeper into the dungeon; staying on the same level is bad."}
@@ -34,7 +35,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 def _start_server(timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
     ensure_model(MODEL)  # prepared here, so a first run's download is not inside the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mmotif.annotators.backends.openai_server", "--model", MODEL,
+        [sys.executable, "-m", "mmotif.llm.openai_server", "--model", MODEL,
          "--port", "0", "--threads", "1", "--dtype", "float32"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_vllm_backend_chats_and_scores_yes_no():
-    from mmotif.annotators.backends import make_backend
-    from mmotif.annotators.backends.embedded import ensure_model
+    from mmotif.llm import make_backend
+    from mmotif.llm.weights import ensure_model
 
     folder = ensure_model("smollm2-135m")
     backend = make_backend("vllm", model=str(folder), max_model_len=2048, gpu_memory_utilization=0.3)

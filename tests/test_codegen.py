@@ -21,9 +21,9 @@ from mmotif.codegen import (
     run_unit_test, simulate,
 )
 from mmotif.codegen.prompts import initial_prompt, unit_test_scaffold
-from mmotif.nethack.tasks import get_task
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.specs import SkillSet
+from mmotif.nethack.tasks import get_task
 
 GNOMISH = get_task("gnomish")
 
@@ -249,7 +249,7 @@ def test_refinement_loop_with_the_embedded_llm(tmp_path):
     the loop must end accepted or with a clear failure after 3 rewrites, every round stored.
     About 10-15 s of prompt processing plus ~0.1 s per generated token per call on a busy
     2-core machine: a few minutes in all."""
-    from mmotif.annotators.backends.embedded import EmbeddedBackend
+    from mmotif.llm.embedded import EmbeddedBackend
 
     try:
         llm = EmbeddedBackend("smollm2-135m", num_threads=1, dtype="float32")

@@ -16,18 +16,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_llm import FakeModel
 
 from mmotif.annotators.annotate import AnnotationStats, annotate_pairs
-from mmotif.annotators.backends.base import BackendError
-from mmotif.annotators.backends.openai_http import (
+from mmotif.contract import LABEL_UNKNOWN, Caption, CaptionPair
+from mmotif.llm.base import BackendError
+from mmotif.llm.openai_http import (
     AnswerError,
     HTTPStatusError,
     OpenAIHTTPBackend,
     RedirectError,
     ResponseTooLarge,
 )
-from mmotif.annotators.backends.openai_server import serve
-from mmotif.contract import LABEL_UNKNOWN, Caption, CaptionPair
+from mmotif.llm.openai_server import serve
 
 QUESTION = [{"role": "user", "content": "Is this good? case=ok"}]
 SKILLS = {"s": "Progress means going deeper."}
@@ -121,7 +122,7 @@ def test_odd_json_fails_only_its_own_chat_item(caplog):
     with case_server(CHAT_CASES) as url:
         c = client(url)
         names = list(CHAT_CASES)
-        with caplog.at_level(logging.WARNING, logger="mmotif.annotators.backends.openai_http"):
+        with caplog.at_level(logging.WARNING, logger="mmotif.llm.openai_http"):
             answers = c.chat([[{"role": "user", "content": f"case={n}"}] for n in names])
         assert answers == ["Answer: best_description: 1" if n == "ok" else "" for n in names]
         assert sum(c.failures.values()) == len(names) - 1
@@ -272,7 +273,7 @@ def test_model_check_against_a_hanging_server_is_bounded(caplog):
     listener, url, _ = drip_server("headers", step_s=1.0)
     try:
         t0 = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="mmotif.annotators.backends.openai_http"):
+        with caplog.at_level(logging.WARNING, logger="mmotif.llm.openai_http"):
             c = client(url, timeout_s=0.8)
         assert time.monotonic() - t0 < 2.0
         assert "could not reach" in caplog.text and "deadline" in caplog.text
@@ -421,7 +422,7 @@ def test_wrong_model_name_fails_at_construction_listing_the_servers_models(caplo
         def do_GET(self):  # noqa: N802
             self.send_bytes(200, b"[1, 2]")
 
-    with caplog.at_level(logging.WARNING, logger="mmotif.annotators.backends.openai_http"):
+    with caplog.at_level(logging.WARNING, logger="mmotif.llm.openai_http"):
         with http_server(NoModels) as url:
             c = OpenAIHTTPBackend(url, "anything")
             assert c.chat([QUESTION]) == ["fine"]
@@ -447,30 +448,44 @@ def test_wrong_model_name_fails_at_construction_listing_the_servers_models(caplo
 
 
 # ------------------------------------------------------------------ mmotif's own server
-class FakeModel:
-    """What openai_server needs of a backend, without a model."""
+def test_a_server_that_rejects_top_k_is_asked_without_it(caplog):
+    """OpenAI's own API refuses top_k (HTTP 400): the client drops it, once, with one warning."""
+    bodies = []
 
-    model = "fake-model"
+    class Handler(Quiet):
+        def do_GET(self):  # noqa: N802
+            self.send_bytes(200, MODELS)
 
-    class tokenizer:  # noqa: N801
-        @staticmethod
-        def encode(text, add_special_tokens=False):
-            return text.split()
+        def do_POST(self):  # noqa: N802
+            bodies.append(json.loads(self.read_body()))
+            if "top_k" in bodies[-1]:
+                self.send_bytes(400, b'{"error": {"message": "Unrecognized request argument supplied: top_k"}}')
+            else:
+                self.send_bytes(200, json.dumps(completion("Yes")).encode())
 
-    def chat(self, batch, max_tokens=256, temperature=1.0, top_p=1.0, seed=None):
-        return ["Answer: best_description: 2"] * len(batch)
-
-    def first_token_logprobs(self, batch, k=1):
-        return [[(" Yes", -0.2), (" No", -1.9), (" Maybe", -4.0)][:k]] * len(batch)
+    with http_server(Handler) as url:
+        c = client(url, top_k=40)
+        with caplog.at_level(logging.WARNING, logger="mmotif.llm.openai_http"):
+            assert c.chat([QUESTION, QUESTION], temperature=0.7) == ["Yes", "Yes"]
+            assert c.chat([QUESTION], temperature=0.7) == ["Yes"]
+        c.close()
+    assert sum("top_k" in b for b in bodies) in (1, 2) and "top_k" not in bodies[-1] and len(bodies) >= 4
+    assert caplog.text.count("rejects top_k") == 1
 
 
 def test_local_server_in_process_with_a_fake_model():
-    server = serve(FakeModel())
+    model = FakeModel()
+    server = serve(model)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
         c = OpenAIHTTPBackend(url, "fake-model", max_concurrency=2)
         assert c.list_models() == ["fake-model"]
         assert c.chat([QUESTION, QUESTION]) == ["Answer: best_description: 2"] * 2
+        # the client's sampling reaches the model behind the server (top_k only when on)
+        model.sampled.clear()
+        assert OpenAIHTTPBackend(url, "fake-model", top_p=0.9, top_k=7).chat([QUESTION], temperature=0.5)
+        assert c.chat([QUESTION], temperature=0.5)
+        assert model.sampled == [(0.5, 0.9, 7), (0.5, 1.0, -1)]
         assert c.yes_no_scores([QUESTION] * 3) == [pytest.approx(1.7)] * 3 and c.use_logprobs is True
         assert not c.failures
         c.close()

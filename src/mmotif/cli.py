@@ -85,8 +85,8 @@ def _extras_installed(cfg) -> bool:
         return False
     if cfg.annotator.backend != "embedded" or cfg.annotator.num_annotators == 0:
         return True
-    from mmotif.annotators.backends.base import BackendError
-    from mmotif.annotators.backends.embedded import require_extra
+    from mmotif.llm.base import BackendError
+    from mmotif.llm.embedded import require_extra
 
     try:
         require_extra()
@@ -184,6 +184,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     from mmotif.codegen.generate import add_plan_arguments, cmd_plan
 
     add_plan_arguments(p)
+    _add_config_args(p)  # the coder: section (backend, model, sampling); the flags above win
     p.set_defaults(func=cmd_plan)
 
 

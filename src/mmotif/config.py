@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
+from mmotif.llm.weights import DEFAULT_MODEL, SMALL_MODEL
 from mmotif.skills.specs import PAPER_SKILLS, SkillSpec, validate_skill_list
 
 
@@ -102,11 +103,31 @@ class EnvConfig(_Section):
         return source
 
 
-class AnnotatorConfig(_Section):
+class LLMConfig(_Section):
+    """One LLM: the fields `mmotif.llm.backend_from_config` builds a backend from. The
+    defaults are the coder's; `annotator:` changes some."""
+
+    backend: Literal["embedded", "vllm", "openai"] = "embedded"
+    model: str = Field(DEFAULT_MODEL, description="embedded: a known model name or a model folder; "
+                       "openai/vllm: the served model")
+    base_url: str | None = Field(None, description="OpenAI-compatible server (backend: openai)")
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1, description="-1 or 0: off")
+    max_tokens: int = Field(4096, gt=0)
+
+
+class CoderConfig(LLMConfig):
+    """The coder: the LLM that writes code policies (`mmotif plan`, mmotif.codegen)."""
+
+
+class AnnotatorConfig(LLMConfig):
     backend: Literal["embedded", "vllm", "openai", "rules"] = Field(
         "embedded", description="rules: the rule-based control annotator (mmotif.annotators.rules), "
         "never the default")
-    model: str = "qwen2.5-coder-1.5b"
+    temperature: float = Field(0.1, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=-1, description="-1 or 0: off")
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     num_annotators: int | Literal["auto"] = Field(
         1, description="annotator actors; auto: as many as the GPUs hold (vllm), else 1")
@@ -138,11 +159,6 @@ class AnnotatorConfig(_Section):
     rules: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="backend rules: per-skill {event: weight} replacing the defaults "
         "(events: mmotif.nethack.events.EVENTS)")
-    temperature: float = Field(0.1, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=-1)
-    max_tokens: int = Field(4096, gt=0)
-    base_url: str | None = Field(None, description="OpenAI-compatible server (backend: openai)")
     tensor_parallel_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1, description="CPU threads of the embedded backend")
 
@@ -311,6 +327,7 @@ class RunConfig(_Section):
     env: EnvConfig = EnvConfig()
     skills: list[SkillSpec] = Field(default_factory=lambda: list(PAPER_SKILLS))
     annotator: AnnotatorConfig = AnnotatorConfig()
+    coder: CoderConfig = CoderConfig()
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     actors: ActorsConfig = ActorsConfig()
@@ -346,7 +363,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "time_limit_s": 600,
         "checkpoint_every_steps": 200_000,
         "env": {"max_episode_steps": 2000, "caption_rate": 0.02},
-        "annotator": {"model": "qwen2.5-coder-0.5b", "batch_size": 4, "threads": 1},
+        "annotator": {"model": SMALL_MODEL, "batch_size": 4, "threads": 1},
         "reward": {"batch_size": 64, "epochs": 3, "min_steps": 60, "lr": 3e-4, "retrain_every_labels": 200},
         "learner": {
             "total_env_steps": 2_000_000, "rollout": 32, "batch_size": 512, "lr": 3e-4,

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mmotif.annotators.backends.base import LLMBackend
+from mmotif.llm.base import LLMBackend
 from mmotif.annotators.parsing import parse_answer
 from mmotif.annotators.prompts import (
     pair_label_from_scores,

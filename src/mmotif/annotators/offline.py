@@ -52,21 +52,15 @@ def append_captions(path: Path, captions: list[Caption]) -> None:
 
 
 def make_backend_from_config(cfg: RunConfig):
-    from mmotif.annotators.backends import make_backend
-
+    """The annotator's backend: the rules control, else the LLM that `annotator:` describes."""
     a = cfg.annotator
     if a.backend == "rules":
         from mmotif.annotators.rules import RulesBackend
 
         return RulesBackend([s.name for s in cfg.skills], a.rules)
-    if a.backend == "embedded":
-        return make_backend("embedded", model=a.model, num_threads=a.threads, batch_size=a.batch_size,
-                            cache_dir=cfg.paths.model_cache)
-    if a.backend == "openai":
-        if not a.base_url:
-            raise ValueError("annotator.backend is 'openai' but annotator.base_url is not set")
-        return make_backend("openai", base_url=a.base_url, model=a.model)
-    return make_backend("vllm", model=a.model, tensor_parallel_size=a.tensor_parallel_size, top_k=a.top_k)
+    from mmotif.llm import backend_from_config
+
+    return backend_from_config(a, section="annotator", cache_dir=cfg.paths.model_cache)
 
 
 def tie_rule_from_config(cfg: RunConfig):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mmotif.annotators.backends.base import LLMBackend, Message
+from mmotif.llm.base import LLMBackend, Message
 from mmotif.nethack.events import EVENTS, text_events
 
 Rules = Mapping[str, Mapping[str, float]]  # skill -> event -> weight

@@ -41,6 +41,8 @@ from mmotif.codegen.prompts import (
 )
 from mmotif.codegen.runner import RunLimits, run_unit_test
 from mmotif.codegen.simulate import format_trace, simulate
+from mmotif.config import CoderConfig, resolve_config
+from mmotif.llm.weights import DEFAULT_MODEL
 from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source
 from mmotif.skills.sandbox import CodePolicyError, UnsafeCodeError
 
@@ -219,7 +221,7 @@ def plan(
     """Generate and refine a policy over skills for `instruction` (see the module docstring).
 
     `llm`: any object with ``chat(messages_batch, max_tokens=..., temperature=...) -> list[str]``
-    (an :class:`~mmotif.annotators.backends.base.LLMBackend`). `task`: a
+    (an :class:`~mmotif.llm.base.LLMBackend`). `task`: a
     :class:`~mmotif.nethack.tasks.Task` whose hints, starting values and env-kept attributes
     go with the instruction. `record_dir`: where the generation JSON is written.
     """
@@ -358,13 +360,16 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None,
                         help="a known task (gnomish, delphi, ...): its hints, starting values and "
                              "env-kept attributes go with the instruction")
-    parser.add_argument("--backend", default="embedded", choices=("embedded", "openai", "none"),
-                        help="LLM backend (none: no LLM; only with --reference)")
-    parser.add_argument("--model", default=None, help="model name (embedded default: qwen2.5-coder-1.5b)")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (backend openai)")
+    parser.add_argument("--backend", default=None, choices=("embedded", "openai", "none"),
+                        help="LLM backend (default: coder.backend of the config, embedded; none: no LLM, "
+                             "only with --reference)")
+    parser.add_argument("--model", default=None,
+                        help=f"model name (default: coder.model; when --backend changes the kind: "
+                             f"{DEFAULT_MODEL} embedded, 'default' openai)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
     parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens (4096)")
+    parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature (0.2)")
     parser.add_argument("--out", type=Path, default=Path("runs/plans"), help="output folder")
     parser.add_argument("--name", default=None, help="policy file name (default: task name or 'policy')")
     parser.add_argument("--reference", action="store_true",
@@ -372,14 +377,31 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                              "reference policy instead, marked as such")
 
 
-def _make_llm(args):
-    from mmotif.annotators.backends import make_backend
+def coder_config(args) -> tuple[CoderConfig, Path | None]:
+    """(the `coder:` section `mmotif plan` uses, the embedded model cache): the --config's when
+    the command has one (`mmotif plan --config`), else the defaults; the command's flags over it."""
+    cache = None
+    if hasattr(args, "config"):
+        cfg = resolve_config(args.config, args.preset, sets=args.set or ())[0]
+        coder, cache = cfg.coder, cfg.paths.model_cache
+    else:
+        coder = CoderConfig()
+    fields = {"model": args.model, "base_url": args.base_url, "max_tokens": args.max_tokens,
+              "temperature": args.temperature}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if args.backend not in (None, "none", coder.backend):  # another kind: its model, unless given
+        fields = {"backend": args.backend, "model": DEFAULT_MODEL if args.backend == "embedded" else "default",
+                  **fields}
+    return CoderConfig.model_validate({**coder.model_dump(), **fields}), cache
 
-    if args.backend == "embedded":
-        return make_backend("embedded", model=args.model or "qwen2.5-coder-1.5b")
-    if args.base_url is None:
-        raise SystemExit("mmotif plan: --backend openai needs --base-url")
-    return make_backend("openai", base_url=args.base_url, model=args.model or "default")
+
+def _make_llm(coder: CoderConfig, cache: Path | None):
+    from mmotif.llm import backend_from_config
+
+    try:
+        return backend_from_config(coder, section="coder", cache_dir=cache)
+    except ValueError as err:  # openai without a server
+        raise SystemExit(f"mmotif plan: {err} (--base-url)") from None
 
 
 def cmd_plan(args, llm=None) -> int:
@@ -399,9 +421,10 @@ def cmd_plan(args, llm=None) -> int:
         return 2
     result = None
     if args.backend != "none" or llm is not None:
-        llm = llm or _make_llm(args)
-        result = plan(instruction, llm, task=task, max_rewrites=args.max_rewrites, max_tokens=args.max_tokens,
-                      temperature=args.temperature, record_dir=out / "generations", name=name)
+        coder, cache = coder_config(args)
+        llm = llm or _make_llm(coder, cache)
+        result = plan(instruction, llm, task=task, max_rewrites=args.max_rewrites, max_tokens=coder.max_tokens,
+                      temperature=coder.temperature, record_dir=out / "generations", name=name)
         print(f"mmotif plan: {result.reason}")
         if result.accepted:
             path, trace = write_policy(result, out / f"{name}.py")

@@ -1,4 +1,4 @@
-"""The one interface every annotation LLM backend implements."""
+"""The one interface every LLM backend implements (annotators and the coder alike)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ class LLMBackend(abc.ABC):
     """Chat completions and Yes/No scores from one model.
 
     `name` is the backend kind ("embedded", "openai", "vllm"); `model` names the model. Both
-    are recorded in every Preference the backend produces.
+    are recorded in every Preference the backend produces. `top_p` and `top_k` are the
+    backend's sampling settings (from its config section), used by `chat` when a call gives
+    none; top_k <= 0 is off. Greedy calls (temperature 0) ignore both.
     """
 
     name: str = "abstract"
     model: str = ""
+    top_p: float = 1.0
+    top_k: int = -1
 
     @abc.abstractmethod
     def chat(
@@ -33,10 +37,16 @@ class LLMBackend(abc.ABC):
         messages_batch: list[list[Message]],
         max_tokens: int = 512,
         temperature: float = 0.0,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         seed: int | None = None,
+        top_k: int | None = None,
     ) -> list[str]:
-        """One assistant reply per conversation, in order. temperature 0 means greedy."""
+        """One assistant reply per conversation, in order. temperature 0 means greedy;
+        top_p / top_k None: the backend's own (see `sampling`)."""
+
+    def sampling(self, top_p: float | None = None, top_k: int | None = None) -> tuple[float, int]:
+        """(top_p, top_k) of one call: the call's values, else the backend's."""
+        return (self.top_p if top_p is None else top_p), (self.top_k if top_k is None else top_k)
 
     @abc.abstractmethod
     def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:

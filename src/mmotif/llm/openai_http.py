@@ -1,5 +1,5 @@
 """A client for any OpenAI-compatible chat-completions server (vLLM, llama.cpp's server,
-transformers serve, mmotif's own :mod:`~mmotif.annotators.backends.openai_server`, ...).
+transformers serve, mmotif's own :mod:`~mmotif.llm.openai_server`, ...).
 
 Standard library only (``http.client``): no extra dependency. Limits on every attempt:
 
@@ -26,6 +26,10 @@ such failure is counted by reason in ``failures`` and logged.
 or ignores them is remembered, and from then on the client asks for a one-word answer instead
 and scores Yes = +1, No = -1, anything else 0 (coarser: pairs of equal answers become ties).
 
+``chat`` sends ``top_p``, and ``top_k`` when it is on (> 0): vLLM, llama.cpp and mmotif's
+server read it; a server that rejects it (HTTP 400/422 naming ``top_k``, as OpenAI's own API
+does) is remembered, and from then on the client leaves it out (one warning).
+
 At construction the client asks ``GET {base_url}/models`` (one attempt, at most 10 s): a model
 name the server does not list fails at once, naming the models it has; a server without that
 endpoint, or one not reachable yet, is tolerated with a warning (``check_model=False`` skips it).
@@ -47,7 +51,7 @@ import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from mmotif.annotators.backends.base import BackendError, LLMBackend, Message, logsumexp
+from mmotif.llm.base import BackendError, LLMBackend, Message, logsumexp
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,8 @@ class OpenAIHTTPBackend(LLMBackend):
         max_response_bytes: int = 16 * 2**20,
         check_model: bool = True,
         concurrency: int | None = None,
+        top_p: float = 1.0,
+        top_k: int = -1,
     ):
         if concurrency is not None:
             if max_concurrency not in (4, concurrency):
@@ -162,6 +168,8 @@ class OpenAIHTTPBackend(LLMBackend):
         self.max_backoff_s = max_backoff_s
         self.max_concurrency = self.concurrency = max_concurrency
         self.top_logprobs = top_logprobs
+        self.top_p, self.top_k = top_p, top_k
+        self._send_top_k = True  # False once the server rejected top_k
         # None: find out on the first yes_no_scores call; True/False: known.
         self.use_logprobs = use_logprobs
         self.failures: Counter[str] = Counter()  # items that failed alone, by reason
@@ -370,14 +378,28 @@ class OpenAIHTTPBackend(LLMBackend):
         messages_batch: list[list[Message]],
         max_tokens: int = 512,
         temperature: float = 0.0,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         seed: int | None = None,
+        top_k: int | None = None,
     ) -> list[str]:
         """One reply per conversation; "" for an item whose answer was unusable (counted)."""
+        top_p, top_k = self.sampling(top_p, top_k)
+
         def one(messages: list[Message]) -> str:
+            params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
             try:
-                return self._content(self._completion(
-                    messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed))
+                if top_k > 0 and self._send_top_k:
+                    try:
+                        return self._content(self._completion(messages, **params, top_k=top_k))
+                    except HTTPStatusError as error:
+                        if error.status not in (400, 422) or "top_k" not in error.body:
+                            raise
+                        with self._failures_lock:
+                            first, self._send_top_k = self._send_top_k, False
+                        if first:
+                            log.warning("%s rejects top_k (HTTP %d): sampling without it", self.base_url,
+                                        error.status)
+                return self._content(self._completion(messages, **params))
             except AnswerError as error:
                 self._item_failed("chat", error)
                 return ""

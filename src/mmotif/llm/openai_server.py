@@ -5,7 +5,7 @@ be tested against. Endpoints: ``GET /v1/models``, ``GET /health``,
 ``POST /v1/chat/completions`` (non-streaming, n=1; ``logprobs``/``top_logprobs`` are filled
 in for the first generated token only). Requests are served one at a time.
 
-    python -m mmotif.annotators.backends.openai_server --model smollm2-135m --port 8000
+    python -m mmotif.llm.openai_server --model smollm2-135m --port 8000
 
 prints one JSON line ``{"url": "http://127.0.0.1:PORT/v1", ...}`` once it is listening.
 """
@@ -20,6 +20,8 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from mmotif.llm.weights import SMALL_MODEL
 
 
 def _completion_handler(backend, lock: threading.Lock):
@@ -70,11 +72,13 @@ def _completion_handler(backend, lock: threading.Lock):
                 max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 256)
                 temperature = float(body["temperature"]) if body.get("temperature") is not None else 1.0
                 top_p = float(body.get("top_p") or 1.0)
+                top_k = -1 if body.get("top_k") is None else int(body["top_k"])
                 seed = None if body.get("seed") is None else int(body["seed"])
                 want_logprobs = bool(body.get("logprobs"))
                 k = int(body.get("top_logprobs") or 0)
-                if max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or not 0 <= k <= 20:
-                    raise ValueError("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, 0 <= top_logprobs <= 20")
+                if max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or top_k < -1 or not 0 <= k <= 20:
+                    raise ValueError("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1, top_k >= -1, "
+                                     "0 <= top_logprobs <= 20")
             except (ValueError, KeyError, TypeError) as error:
                 self._error(400, f"bad request: {error}")
                 return
@@ -85,7 +89,7 @@ def _completion_handler(backend, lock: threading.Lock):
                         text = top[0][0].strip()  # the greedy token: no second pass needed
                     else:
                         text = backend.chat([messages], max_tokens=max_tokens, temperature=temperature,
-                                            top_p=top_p, seed=seed)[0]
+                                            top_p=top_p, top_k=top_k, seed=seed)[0]
             except Exception as error:  # the model failed: tell the client, keep serving
                 self._send(500, {"error": {"message": f"{type(error).__name__}: {error}", "type": "server_error"}})
                 return
@@ -124,7 +128,7 @@ def serve(backend, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="embedded model name or folder")
+    parser.add_argument("--model", default=SMALL_MODEL, help="embedded model name or folder")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtype", default="bfloat16")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     # This process is ours: let idle OpenMP threads sleep rather than spin (torch is not
     # imported yet), which keeps multi-threaded inference fast on shared cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mmotif.annotators.backends.embedded import EmbeddedBackend
+    from mmotif.llm.embedded import EmbeddedBackend
 
     backend = EmbeddedBackend(args.model, cache_dir=args.cache_dir, num_threads=args.threads, dtype=args.dtype)
     server = serve(backend, args.host, args.port)

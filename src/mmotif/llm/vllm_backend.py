@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from mmotif.annotators.backends.base import NO_WORDS, YES_WORDS, BackendError, LLMBackend, Message, logsumexp
+from mmotif.llm.base import NO_WORDS, YES_WORDS, BackendError, LLMBackend, Message, logsumexp
 
 TOP_LOGPROBS = 20  # enough to see both answers on any sane instruct model
 MISSING_LOGPROB = -30.0  # stands for an answer outside the top log-probabilities
@@ -23,7 +23,8 @@ class VLLMBackend(LLMBackend):
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  max_model_len: int = 8192, gpu_memory_utilization: float = 0.9,
-                 top_k: int = 50, seed: int = 1516, enable_prefix_caching: bool = True):
+                 top_k: int = 50, seed: int = 1516, enable_prefix_caching: bool = True,
+                 top_p: float = 1.0):
         try:
             import vllm
         except ImportError as err:
@@ -31,7 +32,7 @@ class VLLMBackend(LLMBackend):
                                "(on a machine with a CUDA GPU)") from err
         self._vllm = vllm
         self.model = model
-        self.top_k = top_k
+        self.top_p, self.top_k = top_p, top_k
         # The spec leaves Llama 3.1's 128k context uncapped; annotation prompts are ~0.5k
         # tokens plus up to 4k of answer, so a cap saves KV-cache memory (spec §3.3).
         self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
@@ -39,10 +40,11 @@ class VLLMBackend(LLMBackend):
                             enable_prefix_caching=enable_prefix_caching, seed=seed)
 
     def chat(self, messages_batch: list[list[Message]], max_tokens: int = 512, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int | None = None) -> list[str]:
+             top_p: float | None = None, seed: int | None = None, top_k: int | None = None) -> list[str]:
+        top_p, top_k = self.sampling(top_p, top_k)
         params = self._vllm.SamplingParams(
             temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-            top_k=self.top_k if temperature > 0 else -1, max_tokens=max_tokens, seed=seed)
+            top_k=top_k if temperature > 0 and top_k > 0 else -1, max_tokens=max_tokens, seed=seed)
         outputs = self.llm.chat(messages_batch, params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
