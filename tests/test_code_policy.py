@@ -440,3 +440,42 @@ def test_policy_pickles_by_source_and_needs_an_episode():
     assert copy.source == policy.source and copy.name == "builtin:exploration"
     draws = [(p.new_episode(), p.attribute("max_depth"), p.attribute("mines")) for p in (policy, copy)]
     assert draws[0] == draws[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Hardening (issue 17, finding 3): state kept between calls, dry-run arguments
+# ---------------------------------------------------------------------------------------
+HOARDER = GOOD.replace(
+    "        return skill_time >= 10\n",
+    "        if depth == 40 and skill_time == 7:\n"
+    "            big = [0] * 1_000_000\n"
+    "            self.box = Box()\n"
+    "            self.box.rows = [big, big, big]\n"
+    "        return skill_time >= 10\n",
+) + "\nclass Box:\n    pass\n"
+
+
+def test_state_kept_between_calls_is_weighed_and_the_player_dropped():
+    import time
+
+    policy = CodePolicy.from_source(HOARDER, ("discoverer", "descender"), (), name="hoard.py")
+    policy.new_episode()
+    assert policy.terminates("discoverer", 1, 1, 1) in (True, False)
+    t0 = time.perf_counter()
+    with pytest.raises(CodePolicyError, match=r"hoard.py: skill_termination\(\) left more than 1000000 items"):
+        policy.terminates("discoverer", 7, 40, 1)
+    assert time.perf_counter() - t0 < 1.0
+    with pytest.raises(CodePolicyError, match="no episode has started"):
+        policy.terminates("discoverer", 1, 1, 1)
+
+
+def test_dry_run_draws_arguments_a_policy_cannot_special_case():
+    # slow (here: failing) only off the fixed dry-run situations
+    src = GOOD.replace(
+        "        return skill_time >= 10\n",
+        "        if depth > 5 or skill_time not in (0, 1, 600, 50000):\n"
+        "            raise ValueError('an unforeseen situation')\n"
+        "        return skill_time >= 10\n",
+    )
+    with pytest.raises(CodePolicyError, match=r"dry run .*unforeseen situation"):
+        from_source(src)

@@ -13,7 +13,8 @@ from mmotif.config import load_config
 from mmotif.learners.build import make_network
 from mmotif.nethack.tasks import reference_policy_source, task_policy
 from mmotif.checkpoint import load_network
-from mmotif.evaluation.evaluate import add_eval_arguments, cmd_eval, evaluate, mean_se
+from mmotif.cli import add_eval_arguments
+from mmotif.evaluation.evaluate import cmd_eval, evaluate, mean_se
 
 
 def tiny_net(cfg):

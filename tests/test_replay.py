@@ -9,9 +9,9 @@ from PIL import Image
 
 from mmotif.nethack import actions as A
 from mmotif.nethack.game import NetHackGame
+from mmotif.cli import add_replay_arguments
 from mmotif.evaluation.replay import (
-    PALETTE, EpisodeRecorder, Recording, add_replay_arguments, cell_size, cmd_replay, frame_pixels,
-    render_gif,
+    PALETTE, EpisodeRecorder, Recording, cell_size, cmd_replay, frame_pixels, render_gif,
 )
 
 MOVES = ["E", "E", "S", "W", "N", "SEARCH", "RUN_E", "RUN_W", "WAIT", "NE", "SW"]

@@ -172,9 +172,30 @@ def cmd_eval(args) -> int:
     return evaluate(args)
 
 
-def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.evaluation.evaluate import add_eval_arguments
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mmotif eval`'s own arguments (without --set)."""
+    from mmotif.tasks import TASKS
 
+    parser.add_argument("--task", action="append", required=True,
+                        help=f"task name (repeat, or 'all'): {', '.join(TASKS)}")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="run folder or checkpoint folder with the trained skill network")
+    parser.add_argument("--random-init", action="store_true",
+                        help="no checkpoint: a randomly initialised network of the config (smoke tests)")
+    parser.add_argument("--config", type=Path, default=None, help="with --random-init: run config YAML")
+    parser.add_argument("--preset", default="local", help="with --random-init: preset (default local)")
+    parser.add_argument("--policy", type=Path, default=None,
+                        help="policy file from `mmotif plan` (default: the task's shipped reference policy)")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--envs", type=int, default=None, help="envs stepped together (default ≤8)")
+    parser.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: config, 10,000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--greedy", action="store_true", help="argmax actions (the paper samples)")
+    parser.add_argument("--record", type=int, default=1, help="episodes saved as replays (first N)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval or runs/eval)")
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_arguments(p)
     _add_set_arg(p)
     p.set_defaults(preset=None)  # unset: the --config file's `preset:`, else local
@@ -188,11 +209,73 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_plan)
 
 
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mmotif replay`'s arguments."""
+    parser.add_argument("recording", type=Path, help="a recorded episode (.npz, e.g. from `mmotif eval --record`)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: beside the recording)")
+    parser.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, default=1000, help="at most this many frames per output")
+    parser.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration in milliseconds")
+    parser.add_argument("--scale", type=int, default=1, help="GIF pixel scale (1: 6x11 pixels per cell)")
+    parser.add_argument("--no-html", action="store_true", help="write only the GIF")
+
+
 def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.evaluation.replay import add_replay_arguments, cmd_replay
+    from mmotif.evaluation.replay import cmd_replay
 
     add_replay_arguments(p)
     p.set_defaults(func=cmd_replay)
+
+
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    from mmotif.runtime.submit import ADDRESS_ENV_VARS, default_address
+
+    p.add_argument("--address", default=default_address(),
+                   help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: "
+                        f"${' or $'.join(ADDRESS_ENV_VARS)})")
+
+
+def add_job_subcommands(sub, add_config_args) -> None:
+    """`submit`, `status`, `logs`, `stop` on the `mmotif` parser's subparsers."""
+    from mmotif.runtime.submit import RUNTIME_ENV_MODES, cmd_logs, cmd_status, cmd_stop, cmd_submit  # no heavy imports
+
+    p = sub.add_parser("submit", help="run a config as a Ray job on a cluster (Jobs API)")
+    add_config_args(p)
+    _address_arg(p)
+    p.add_argument("--runtime-env-mode", choices=RUNTIME_ENV_MODES, default="local",
+                   help="local: the nodes have mmotif installed (image/shared venv), only the "
+                        "config travels; package: this checkout's mmotif package travels too")
+    p.add_argument("--pip", action="append", metavar="REQ",
+                   help="extra requirement installed into the job's env (needs an index "
+                        "reachable from the nodes); repeatable")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=1.0,
+                   help="CPUs reserved for the driver process (default 1)")
+    p.add_argument("--entrypoint-num-gpus", type=float, default=0.0,
+                   help="GPUs reserved for the driver process (default 0: the learner "
+                        "takes its GPU as an actor)")
+    p.add_argument("--entrypoint-resources", metavar="JSON",
+                   help='custom resources for the driver, e.g. \'{"head": 1}\'')
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="environment variable for the job; repeatable")
+    p.add_argument("--submission-id", help="job id (default: mmotif-<name>-<time>-<random>)")
+    p.add_argument("--wait", action="store_true",
+                   help="stream the logs until the job ends; exit 0 only if it succeeded")
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, what in (("status", cmd_status, "a job's status"),
+                             ("logs", cmd_logs, "a job's logs"),
+                             ("stop", cmd_stop, "stop a job")):
+        q = sub.add_parser(name, help=f"{what} (Ray Jobs API)")
+        q.add_argument("job", help="submission id printed by `mmotif submit`")
+        _address_arg(q)
+        if name == "status":
+            q.add_argument("--json", action="store_true", help="the whole job record as JSON")
+        if name == "logs":
+            q.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        if name == "stop":
+            q.add_argument("--wait", type=float, default=10.0, metavar="S",
+                           help="seconds to wait for the job to stop (default 10)")
+        q.set_defaults(func=func)
 
 
 # name: (help, adds the arguments; imports the command's module)
@@ -241,8 +324,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             add_arguments(p)
     if "eval" in sub.choices:
         sub.choices["eval"].set_defaults(func=cmd_eval)
-
-    from mmotif.runtime.submit import add_job_subcommands  # no heavy imports
 
     add_job_subcommands(sub, _add_config_args)
     sub.choices["submit"].set_defaults(func=cmd_submit)

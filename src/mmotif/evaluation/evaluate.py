@@ -15,12 +15,11 @@ the step limit and count events.
 
 The results (per episode and mean ± standard error) go next to the paper's number for the
 task in a markdown table, a JSON file and a bar chart (PNG), written by `EvalResults.write`.
-`cmd_eval` / `add_eval_arguments` are the `mmotif eval` command.
+`cmd_eval` runs the `mmotif eval` command (its arguments: `mmotif.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -43,7 +42,6 @@ from mmotif.skills.vector import VectorSkillEnv
 
 __all__ = [
     "EvalResults",
-    "add_eval_arguments",
     "cmd_eval",
     "evaluate",
     "mean_se",
@@ -279,26 +277,6 @@ def _render_first_replay(results: EvalResults, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", action="append", required=True,
-                        help=f"task name (repeat, or 'all'): {', '.join(TASKS)}")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="run folder or checkpoint folder with the trained skill network")
-    parser.add_argument("--random-init", action="store_true",
-                        help="no checkpoint: a randomly initialised network of the config (smoke tests)")
-    parser.add_argument("--config", type=Path, default=None, help="with --random-init: run config YAML")
-    parser.add_argument("--preset", default="local", help="with --random-init: preset (default local)")
-    parser.add_argument("--policy", type=Path, default=None,
-                        help="policy file from `mmotif plan` (default: the task's shipped reference policy)")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--envs", type=int, default=None, help="envs stepped together (default ≤8)")
-    parser.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: config, 10,000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--greedy", action="store_true", help="argmax actions (the paper samples)")
-    parser.add_argument("--record", type=int, default=1, help="episodes saved as replays (first N)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval or runs/eval)")
-
-
 def _task_names(tasks: list[str], policy: Path | None) -> list[str]:
     """The task ids to evaluate; ValueError (one line) for an unknown task or a --policy file
     that cannot be a policy (checked, not run), before any network is built."""

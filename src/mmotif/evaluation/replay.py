@@ -9,13 +9,12 @@
 * :func:`write_html` writes a self-contained HTML page (no network, no scripts from
   elsewhere) that plays the frames as coloured text, with play/pause, a slider and speed.
 
-``mmotif replay RECORDING.npz`` (see :func:`cmd_replay`) writes both next to the recording
+``mmotif replay RECORDING.npz`` (:func:`cmd_replay`; its arguments: `mmotif.cli`) writes both next to the recording
 or into ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import sys
@@ -30,7 +29,6 @@ __all__ = [
     "EpisodeRecorder",
     "PALETTE",
     "Recording",
-    "add_replay_arguments",
     "cmd_replay",
     "frame_pixels",
     "render_gif",
@@ -308,16 +306,6 @@ def write_html(recording: Recording, path: str | Path, every: int = 1, max_frame
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recording", type=Path, help="a recorded episode (.npz, e.g. from `mmotif eval --record`)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: beside the recording)")
-    parser.add_argument("--every", type=int, default=1, help="keep every N-th frame")
-    parser.add_argument("--max-frames", type=int, default=1000, help="at most this many frames per output")
-    parser.add_argument("--frame-ms", type=int, default=80, help="GIF frame duration in milliseconds")
-    parser.add_argument("--scale", type=int, default=1, help="GIF pixel scale (1: 6x11 pixels per cell)")
-    parser.add_argument("--no-html", action="store_true", help="write only the GIF")
-
-
 def _load_recording(path: Path) -> Recording:
     """Recording.load, with every way a file can fail to be a recording as one ValueError line."""
     import zipfile

@@ -20,7 +20,6 @@ The address is the dashboard's HTTP address (port 8265 by default), not the GCS 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -290,12 +289,6 @@ def stop(address: str | None, job: str, wait_s: float = 0.0) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _address_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=default_address(),
-                   help="Ray dashboard address, e.g. http://127.0.0.1:8265 (default: "
-                        f"${' or $'.join(ADDRESS_ENV_VARS)})")
-
-
 def _fail(err: Exception) -> int:
     print(f"mmotif: {err}", file=sys.stderr)
     return 2
@@ -366,44 +359,3 @@ def cmd_stop(args) -> int:
         return _fail(err)
     print(f"{args.job}: {status}")
     return 0
-
-
-def add_job_subcommands(sub, add_config_args) -> None:
-    """`submit`, `status`, `logs`, `stop` on the `mmotif` parser's subparsers."""
-    p = sub.add_parser("submit", help="run a config as a Ray job on a cluster (Jobs API)")
-    add_config_args(p)
-    _address_arg(p)
-    p.add_argument("--runtime-env-mode", choices=RUNTIME_ENV_MODES, default="local",
-                   help="local: the nodes have mmotif installed (image/shared venv), only the "
-                        "config travels; package: this checkout's mmotif package travels too")
-    p.add_argument("--pip", action="append", metavar="REQ",
-                   help="extra requirement installed into the job's env (needs an index "
-                        "reachable from the nodes); repeatable")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=1.0,
-                   help="CPUs reserved for the driver process (default 1)")
-    p.add_argument("--entrypoint-num-gpus", type=float, default=0.0,
-                   help="GPUs reserved for the driver process (default 0: the learner "
-                        "takes its GPU as an actor)")
-    p.add_argument("--entrypoint-resources", metavar="JSON",
-                   help='custom resources for the driver, e.g. \'{"head": 1}\'')
-    p.add_argument("--env", action="append", metavar="KEY=VALUE",
-                   help="environment variable for the job; repeatable")
-    p.add_argument("--submission-id", help="job id (default: mmotif-<name>-<time>-<random>)")
-    p.add_argument("--wait", action="store_true",
-                   help="stream the logs until the job ends; exit 0 only if it succeeded")
-    p.set_defaults(func=cmd_submit)
-
-    for name, func, what in (("status", cmd_status, "a job's status"),
-                             ("logs", cmd_logs, "a job's logs"),
-                             ("stop", cmd_stop, "stop a job")):
-        q = sub.add_parser(name, help=f"{what} (Ray Jobs API)")
-        q.add_argument("job", help="submission id printed by `mmotif submit`")
-        _address_arg(q)
-        if name == "status":
-            q.add_argument("--json", action="store_true", help="the whole job record as JSON")
-        if name == "logs":
-            q.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
-        if name == "stop":
-            q.add_argument("--wait", type=float, default=10.0, metavar="S",
-                           help="seconds to wait for the job to stop (default 10)")
-        q.set_defaults(func=func)

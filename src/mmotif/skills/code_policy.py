@@ -75,6 +75,7 @@ from __future__ import annotations
 import ast
 import inspect
 import itertools
+import random
 import re
 import textwrap
 import types
@@ -85,7 +86,9 @@ import numpy as np
 
 from mmotif.skills.sandbox import (
     DEFAULT_BUDGET_S,
+    MAX_ITEMS,
     CodePolicyError,
+    _Weight,
     PolicyTimeout,
     Sandbox,
     SandboxClass,
@@ -110,6 +113,8 @@ DEFAULT_PRECONDITION_SKILLS = ("worshipper", "merchant")
 UNKNOWN_BRANCH = -2
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _PLAIN_TYPES = (bool, int, float, str, type(None))
+MAX_STATE_ITEMS = MAX_ITEMS        # what a player may keep between calls (nested items counted)
+RANDOM_DRY_RUN_CASES = 20          # random situations per skill, on top of the fixed ones
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,18 +392,40 @@ class CodePolicy:
         self._perform = bind(methods["perform_task"], player)
         return first
 
+    def _metered(self, method: str, *args, **kwargs):
+        """A player call, then its state weighed: memory kept between calls is bounded, and so is
+        every C-level pass a later call makes over it."""
+        fn = {"skill_precondition": self._precondition, "skill_termination": self._termination,
+              "perform_task": self._perform}[method]
+        try:
+            return self._call(fn, *args, **kwargs)
+        finally:
+            if self._player is not None:
+                self._check_state(method)
+
+    def _check_state(self, method: str) -> None:
+        walk = _Weight(MAX_STATE_ITEMS, into_objects=True)
+        for value in self._player.__dict__.values():
+            walk.walk(value)
+            if walk.total > MAX_STATE_ITEMS:
+                self._clear_player()
+                raise CodePolicyError(
+                    f"{self.name}: {method}() left more than {MAX_STATE_ITEMS} items in the player's "
+                    f"attributes (nested items counted); the episode's player is dropped",
+                    filename=self.name, method=method)
+
     def initiation(self, skill: str, view: SurroundingsView) -> bool:
         """May `skill` start now? True without calling code for skills with no precondition."""
         if skill not in self._pre_set:
             return True
-        result = self._call(self._precondition, skill, view)
+        result = self._metered("skill_precondition", skill, view)
         if result is True or result is False:
             return result
         raise self._bad_result("skill_precondition", (skill, view), {}, result, "True or False")
 
     def terminates(self, skill: str, skill_time: int, depth: int, start_depth: int, **preconditions: bool) -> bool:
         """Does the active `skill` end now?"""
-        result = self._call(self._termination, skill, skill_time, depth, start_depth, **preconditions)
+        result = self._metered("skill_termination", skill, skill_time, depth, start_depth, **preconditions)
         if result is True or result is False:
             return result
         raise self._bad_result("skill_termination", (skill, skill_time, depth, start_depth),
@@ -406,7 +433,7 @@ class CodePolicy:
 
     def next_skill(self, current_skill: str, dungeon_depth: int, branch_number: int, **preconditions: bool) -> str:
         """The skill to run after `current_skill` terminated."""
-        result = self._call(self._perform, current_skill, dungeon_depth, branch_number, **preconditions)
+        result = self._metered("perform_task", current_skill, dungeon_depth, branch_number, **preconditions)
         if type(result) is str and result in self._names_set:
             return result
         raise self._bad_result("perform_task", (current_skill, dungeon_depth, branch_number),
@@ -477,6 +504,20 @@ class CodePolicy:
             self.set_attribute("branch_depth", branch_depth)
             for skill, depth, branch, pre in itertools.product(self.skill_names, range(1, 6), (0, 2), combos):
                 self.next_skill(skill, depth, branch, **pre)
+        self._random_dry_run(views, keywords)
+
+    def _random_dry_run(self, views, keywords) -> None:
+        # drawn afresh each time: a policy cannot special-case arguments it cannot predict
+        rng = random.SystemRandom()
+        self.set_attribute("branch_depth", rng.choice([UNKNOWN_BRANCH, rng.randint(2, 4)]))
+        for skill in self.skill_names:
+            for _ in range(RANDOM_DRY_RUN_CASES):
+                pre = {k: rng.random() < 0.3 for k in keywords}
+                depth, start = rng.randint(1, 50), rng.randint(1, 50)
+                if skill in self._pre_set:
+                    self.initiation(skill, rng.choice(views))
+                self.terminates(skill, rng.randint(0, 100_000), depth, start, **pre)
+                self.next_skill(skill, depth, rng.choice((0, 2)), **pre)
 
     def _bad_result(self, method, args, kwargs, result, expected) -> CodePolicyError:
         shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])

@@ -500,12 +500,14 @@ class _Weight:
     """A capped walk: items and characters reachable from a value, every reference counted
     (a list holding one big list a million times weighs a million big lists)."""
 
-    __slots__ = ("total", "colliders", "limit", "todo")
+    __slots__ = ("total", "colliders", "limit", "todo", "objects")
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, into_objects: bool = False):
         self.total = self.colliders = 0
         self.limit = limit
         self.todo: list = []
+        # the state meter also walks the attributes of policy objects, each object once
+        self.objects: set[int] | None = set() if into_objects else None
 
     def walk(self, value) -> _Weight:
         self.todo.append(value)
@@ -532,6 +534,9 @@ class _Weight:
             self.add_items(v)
         else:
             self.total += 1
+            if self.objects is not None and type(t) is SandboxClass and id(v) not in self.objects:
+                self.objects.add(id(v))
+                self.todo.extend(vars(v).values())
 
     def add_items(self, items) -> None:
         kinds = set(map(type, items))
