@@ -164,12 +164,18 @@ def cmd_submit(args) -> int:
 
 def cmd_eval(args) -> int:
     from mmotif.evaluation.evaluate import cmd_eval as evaluate
+    from mmotif.evaluation.watchdog import Watchdog
 
     if args.checkpoint is None and args.random_init:  # the only case where eval builds a config
-        return _with_staged_config(evaluate, args)
-    if args.set:
+        run = lambda: _with_staged_config(evaluate, args)  # noqa: E731
+    elif args.set:
         raise ConfigError("--set goes with --random-init (with --checkpoint, eval uses the checkpoint's config)")
-    return evaluate(args)
+    else:
+        run = lambda: evaluate(args)  # noqa: E731
+    if args.watchdog_s <= 0:
+        return run()
+    with Watchdog(args.watchdog_s):
+        return run()
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,6 +203,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_arguments(p)
+    p.add_argument("--watchdog-s", type=float, default=120.0,
+                   help="end the run (traceback, exit 1) if one call, e.g. a policy call stuck in "
+                        "C-level work, holds the interpreter this many seconds (0: off)")
     _add_set_arg(p)
     p.set_defaults(preset=None)  # unset: the --config file's `preset:`, else local
 
