@@ -23,7 +23,7 @@ from mmotif.codegen import (
 from mmotif.codegen.prompts import initial_prompt, unit_test_scaffold
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.specs import SkillSet
-from mmotif.nethack.tasks import get_task
+from mmotif.tasks import get_task
 
 GNOMISH = get_task("gnomish")
 

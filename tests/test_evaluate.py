@@ -11,7 +11,7 @@ import torch
 
 from mmotif.config import load_config
 from mmotif.learners.build import make_network
-from mmotif.nethack.tasks import reference_policy_source, task_policy
+from mmotif.tasks import reference_policy_source, task_policy
 from mmotif.checkpoint import load_network
 from mmotif.cli import add_eval_arguments
 from mmotif.evaluation.evaluate import cmd_eval, evaluate, mean_se

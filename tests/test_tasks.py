@@ -11,13 +11,13 @@ import pytest
 from mmotif.codegen.simulate import simulate
 from mmotif.nethack import actions as A
 from mmotif.nethack.game import NetHackGame
-from mmotif.nethack.tasks import (
-    TASKS, DungeonProbe, TaskTracker, get_task, price_identifies, reference_policy_source,
-    task_policy,
-)
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.specs import SkillSet
+from mmotif.tasks import (
+    TASKS, DungeonProbe, TaskTracker, get_task, price_identifies, reference_policy_source,
+    task_policy,
+)
 from wizard import keys, screen, settle, teleport_onto, wish
 
 CTRL_F, CTRL_G, CTRL_V = 6, 7, 22

@@ -265,7 +265,7 @@ class EvalConfig(_Section):
     @classmethod
     def _tasks_exist(cls, tasks: list[str]) -> list[str]:
         if tasks:
-            from mmotif.nethack.tasks import TASKS, get_task  # imports nle: only when tasks are named
+            from mmotif.tasks import TASKS, get_task  # imports nle: only when tasks are named
 
             unknown = []
             for name in tasks:

@@ -222,7 +222,7 @@ def plan(
 
     `llm`: any object with ``chat(messages_batch, max_tokens=..., temperature=...) -> list[str]``
     (an :class:`~mmotif.llm.base.LLMBackend`). `task`: a
-    :class:`~mmotif.nethack.tasks.Task` whose hints, starting values and env-kept attributes
+    :class:`~mmotif.tasks.Task` whose hints, starting values and env-kept attributes
     go with the instruction. `record_dir`: where the generation JSON is written.
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -407,7 +407,7 @@ def _make_llm(coder: CoderConfig, cache: Path | None):
 def cmd_plan(args, llm=None) -> int:
     """`mmotif plan`: generate (or, when asked, fall back to the reference) and write the
     policy file + trace. Exit 0 when a policy was written, 1 when generation failed."""
-    from mmotif.nethack.tasks import get_task, reference_policy_source
+    from mmotif.tasks import get_task, reference_policy_source
 
     task = get_task(args.task) if args.task else None
     instruction = args.instruction or (task.instruction if task else None)

@@ -68,31 +68,15 @@ class PlanSpec:
         return cls(instruction=instruction, skills=tuple((s.name, s.description) for s in skills.skills))
 
 
-def _default_for(description: str):
-    return False if "(bool)" in description else 0
-
-
 def initial_values_source(spec: PlanSpec, call_own: bool = False) -> str:
-    """A `set_initial_values` fragment with the task's starting values (spec §6.1, §10.2).
-
-    Env-kept attributes start at 0 / False (the env overwrites them at once). With
-    `call_own`, the generated class's own starting values (renamed `task_initial_values`)
-    are set first, so attributes the LLM introduced exist too.
+    """A `set_initial_values` fragment with the task's starting values (spec §6.1, §10.2):
+    the one the reference policies get (:func:`mmotif.tasks.base.starting_values_source`).
+    With `call_own`, the generated class's own starting values (renamed
+    `task_initial_values`) are set first, so attributes the LLM introduced exist too.
     """
-    discoverer = int(spec.initial_values.get("discoverer_skill_steps", 500))
-    lines = ["def set_initial_values(self):"]
-    for name, description in spec.attributes.items():
-        lines.append(f"    self.{name} = {_default_for(description)!r}")
-    if call_own:
-        lines.append("    self.task_initial_values()")
-    lines += [
-        '    self.skill = "discoverer"',
-        f"    self.max_depth = {int(spec.initial_values.get('max_depth', 5))}",
-        f"    self.discoverer_skill_steps = {discoverer}",
-        f"    self.merchant_skill_steps = {20 * discoverer}",
-        f"    self.worshipper_skill_steps = {20 * discoverer}",
-    ]
-    return "\n".join(lines) + "\n"
+    from mmotif.tasks.base import starting_values_source   # mmotif.tasks imports NLE
+
+    return starting_values_source(spec.initial_values, spec.attributes, call_own)
 
 
 def shown_class(spec: PlanSpec) -> str:

@@ -2,7 +2,7 @@
 (spec §10.1, §15.2).
 
 `evaluate(cfg, net, task, policy, episodes, seed)` runs episodes in a small batch of skill
-envs in this process. Every env carries the task's :class:`~mmotif.nethack.tasks.TaskTracker`
+envs in this process. Every env carries the task's :class:`~mmotif.tasks.TaskTracker`
 as its task hook (attributes wired into the policy, proxy and exact checks every step). The
 network acts with **sampled** actions (as in the reference), on the CPU, without gradients;
 its recurrent state is reset at every episode start.
@@ -34,11 +34,11 @@ import torch
 
 from mmotif.config import RunConfig
 from mmotif.evaluation.episodes import TaskEpisodes, play
-from mmotif.nethack.tasks import TASKS, Task, TaskTracker, get_task, load_task_policy
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.specs import SkillSet
 from mmotif.skills.vector import VectorSkillEnv
+from mmotif.tasks import TASKS, Task, TaskTracker, get_task, load_task_policy
 
 __all__ = [
     "EvalResults",

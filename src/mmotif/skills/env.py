@@ -15,7 +15,7 @@ Task hook (optional, for evaluation): `task` is any object with `begin(env)` and
 reset and the policy's new player exists); `observe` after every played action, *before*
 the skill machinery, so a hook may update policy attributes with
 `env.policy.set_attribute(...)` that `skill_termination` / `perform_task` see on the same
-step (spec §5.4 step 4). `mmotif.nethack.tasks.TaskTracker` is such a hook.
+step (spec §5.4 step 4). `mmotif.tasks.TaskTracker` is such a hook.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 # Reference policy over skills for the task "Delphi" (spec §12.2), written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
-# builtin/exploration.py and builtin/initiation_termination.py. Never imported.
+# builtin/exploration.py and builtin/initiation_termination.py; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
 # Strategy: leave the Gnomish Mines if a descent landed there; in the Dungeons of Doom keep
 # descending (each descent ends the descender, which is chosen again) down to depth 9,
 # where the Oracle level lies at the latest; from there on explore with select_skill.
-
-
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 10
-    self.discoverer_skill_steps = 50
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
 
 
 def perform_task(self, current_skill, dungeon_depth, branch_number,

@@ -1,9 +1,10 @@
 # Reference policy over skills for the task "Discovery Hunger" (spec §12.2), written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
-# builtin/exploration.py and builtin/initiation_termination.py. Never imported.
+# builtin/exploration.py and builtin/initiation_termination.py; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
-# Attributes kept up to date by the environment every step (mmotif.nethack.tasks):
+# Attributes kept up to date by the environment every step (mmotif.tasks.paper.discoveryhunger):
 #   self.eaten_food  the hero has eaten in the Gnomish Mines while hungry
 #   self.hungry      the hero is hungry now
 # eat_food is the setter a unit test (or simulation) calls.
@@ -13,14 +14,7 @@
 # the deepest the Oracle can be, and explore there.
 
 
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 10
-    self.discoverer_skill_steps = 500
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
-    self.eaten_food = False
-    self.hungry = False
+def task_initial_values(self):
     self.explored_gnomish_mines = False
 
 

@@ -2,18 +2,11 @@
 #
 # Package data: a fragment of the NetHackPlayer class body, combined (CodePolicy.from_parts)
 # after builtin/exploration.py and builtin/initiation_termination.py, whose helpers
-# select_skill, reach_gnomish_mines and reach_dungeons_of_doom it uses. Never imported.
+# select_skill, reach_gnomish_mines and reach_dungeons_of_doom it uses; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
 # Strategy: go down to the Mines branch level, take its down staircase, and climb back to
 # retry whenever the descent landed in the Dungeons of Doom instead.
-
-
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 5
-    self.discoverer_skill_steps = 500
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
 
 
 def perform_task(self, current_skill, dungeon_depth, branch_number,

@@ -1,9 +1,10 @@
 # Reference policy over skills for the task "Golden Exit" (spec §12.2), written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
-# builtin/exploration.py and builtin/initiation_termination.py. Never imported.
+# builtin/exploration.py and builtin/initiation_termination.py; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
-# Attributes kept up to date by the environment every step (mmotif.nethack.tasks):
+# Attributes kept up to date by the environment every step (mmotif.tasks.paper.goldenexit):
 #   self.gold_pieces        gold the hero holds
 #   self.monsters_defeated  monsters the hero has killed this episode
 # update_gold / defeat_monster are the setters a unit test (or simulation) calls.
@@ -11,16 +12,6 @@
 # Strategy: sweep dungeon levels 1-3 of the Dungeons of Doom (max_depth 3) until 20 gold
 # and 25 kills, leaving the Mines if a descent lands there; then climb to level 1 and keep
 # taking its up staircase, which asks whether to leave the dungeon.
-
-
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 3
-    self.discoverer_skill_steps = 500
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
-    self.gold_pieces = 0
-    self.monsters_defeated = 0
 
 
 def update_gold(self, gold):

@@ -1,9 +1,10 @@
 # Reference policy over skills for the task "Level Up & Sell" (spec §12.2), written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
-# builtin/exploration.py and builtin/initiation_termination.py. Never imported.
+# builtin/exploration.py and builtin/initiation_termination.py; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
-# Attributes kept up to date by the environment every step (mmotif.nethack.tasks):
+# Attributes kept up to date by the environment every step (mmotif.tasks.paper.levelupsell):
 #   self.xp_level    the hero's experience level
 #   self.items_sold  items sold this episode
 # update_xp_level / sell_item are the setters a unit test (or simulation) calls.
@@ -11,16 +12,6 @@
 # Strategy: explore dungeon level 1 (the discoverer, chosen again every 500 turns) until
 # experience level 4; then look for a shopkeeper in the Dungeons of Doom and sell; after
 # the sale, go on exploring with select_skill to stay alive.
-
-
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 5
-    self.discoverer_skill_steps = 500
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
-    self.xp_level = 1
-    self.items_sold = 0
 
 
 def update_xp_level(self, level):

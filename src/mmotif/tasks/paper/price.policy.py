@@ -1,18 +1,11 @@
 # Reference policy over skills for the task "Price Identified" (spec §12.2), written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
-# builtin/exploration.py and builtin/initiation_termination.py. Never imported.
+# builtin/exploration.py and builtin/initiation_termination.py; set_initial_values
+# is generated from the task's data (mmotif.tasks.reference). Never imported.
 #
 # Strategy: whenever a shopkeeper is within reach (and there is something to sell), run
 # the merchant; otherwise sweep the levels of the Dungeons of Doom, where shops are.
-
-
-def set_initial_values(self):
-    self.skill = "discoverer"
-    self.max_depth = 5
-    self.discoverer_skill_steps = 500
-    self.merchant_skill_steps = 20 * self.discoverer_skill_steps
-    self.worshipper_skill_steps = 20 * self.discoverer_skill_steps
 
 
 def perform_task(self, current_skill, dungeon_depth, branch_number,
