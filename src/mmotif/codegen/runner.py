@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-__all__ = ["RunLimits", "TestRun", "run_unit_test"]
+__all__ = ["RunLimits", "TestRun", "check_policy", "run_unit_test"]
 
 MAX_TRACE_CHARS = 20_000
 
@@ -101,6 +101,37 @@ sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
 """
 
 
+# The policy check: the same limits, then a CodePolicy built (its dry run, randomised) from
+# the source and the skill names.
+_POLICY_CHILD = _CHILD[:_CHILD.index("request = json.loads")] + r"""
+request = json.loads(sys.stdin.read())
+from mmotif.skills.code_policy import CodePolicy
+from mmotif.skills.sandbox import UnsafeCodeError, PolicyTimeout, CodePolicyError
+result = {"status": "ok", "error": "", "printed": []}
+try:
+    policy = CodePolicy(request["code"], request["skills"], request["with_precondition"],
+                        name=request["name"], seed=request["seed"], budget_s=request["budget_s"])
+    result["printed"] = policy.printed
+except UnsafeCodeError as err:
+    result = {"status": "refused", "error": str(err)}
+except PolicyTimeout as err:
+    result = {"status": "timeout", "error": str(err)}
+except CodePolicyError as err:
+    result = {"status": "error", "error": str(err)}
+except MemoryError:
+    result = {"status": "killed", "error": "out of memory (address-space limit of %d MB)" % (mem >> 20)}
+sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
+"""
+
+
+def check_policy(source: str, skill_names, skills_with_precondition, limits: RunLimits = RunLimits(),
+                 name: str = "<generated>", seed: int = 0, budget_s: float = 0.05) -> TestRun:
+    """Load `source` as a CodePolicy (compile, module code, dry run) in the limited subprocess."""
+    request = {"code": source, "skills": list(skill_names), "with_precondition": list(skills_with_precondition),
+               "name": name, "seed": seed, "budget_s": budget_s}
+    return _run_child(_POLICY_CHILD, request, limits)
+
+
 def _child_env() -> dict[str, str]:
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):   # machine-specific BLAS fixes, if set
@@ -118,8 +149,12 @@ def _signal_name(code: int) -> str:
 
 def run_unit_test(code: str, limits: RunLimits = RunLimits(), seed: int = 0) -> TestRun:
     """Run `code` (module level: the class and its test) in the sandboxed subprocess."""
-    request = json.dumps({"code": code, "seed": seed, "budget_s": limits.budget_s})
-    argv = [sys.executable, "-I", "-B", "-c", _CHILD, str(int(limits.cpu_s)),
+    return _run_child(_CHILD, {"code": code, "seed": seed, "budget_s": limits.budget_s}, limits)
+
+
+def _run_child(child: str, request: dict, limits: RunLimits) -> TestRun:
+    request = json.dumps(request)
+    argv = [sys.executable, "-I", "-B", "-c", child, str(int(limits.cpu_s)),
             str(int(limits.memory_mb) * 1024 * 1024)]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mmotif-codegen-") as cwd:
