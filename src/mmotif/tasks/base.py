@@ -85,6 +85,7 @@ class Task:
     attributes: Mapping[str, str] = field(default_factory=dict)   # env-kept policy attributes
     rule: type[SuccessRule] | None = None  # None: an interaction task (counts only)
     aliases: tuple[str, ...] = ()          # other names get_task accepts (lower case)
+    policy: str = ""                       # whose reference policy it runs ("": its own)
 
     @property
     def counts_events(self) -> bool:

@@ -29,7 +29,7 @@ def _task(task: Task | str) -> Task:
 def reference_parts(task: Task | str) -> list[tuple[str, str]]:
     """The named parts of `task`'s reference policy, in the order they are combined."""
     task = _task(task)
-    path = POLICY_DIR / f"{task.name}.policy.py"
+    path = POLICY_DIR / f"{task.policy or task.name}.policy.py"
     if not path.is_file():
         raise FileNotFoundError(f"task {task.name!r} has no reference policy ({path.name} beside its module)")
     fragment = path.read_text()

@@ -1,4 +1,5 @@
-# Reference policy over skills for the task "Price Identified" (spec §12.2), written for mmotif.
+# Reference policy over skills for the tasks "Price Identified" and "Transactions" (spec §12.2),
+# written for mmotif.
 #
 # Package data: a fragment of the NetHackPlayer class body, combined after
 # builtin/exploration.py and builtin/initiation_termination.py; set_initial_values

@@ -11,4 +11,5 @@ TASK = Task(
     initial_values=starting_values(5, 500), paper=PaperResult(0.66, 0.01, "count"), metric="sales",
     proxy_rule="steps whose message contains 'sold'",
     exact_rule="'You sold <item> for <n> gold' messages",
+    policy="price",                        # sell whenever a shopkeeper is in reach, as for price
 )
