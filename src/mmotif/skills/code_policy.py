@@ -114,6 +114,8 @@ UNKNOWN_BRANCH = -2
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _PLAIN_TYPES = (bool, int, float, str, type(None))
 MAX_STATE_ITEMS = MAX_ITEMS        # what a player may keep between calls (nested items counted)
+_SCALAR_STATE = frozenset({int, float, bool, type(None)})
+_TEXT_STATE = _SCALAR_STATE | {str}
 RANDOM_DRY_RUN_CASES = 20          # random situations per skill, on top of the fixed ones
 
 
@@ -392,11 +394,9 @@ class CodePolicy:
         self._perform = bind(methods["perform_task"], player)
         return first
 
-    def _metered(self, method: str, *args, **kwargs):
+    def _metered(self, fn, method: str, *args, **kwargs):
         """A player call, then its state weighed: memory kept between calls is bounded, and so is
         every C-level pass a later call makes over it."""
-        fn = {"skill_precondition": self._precondition, "skill_termination": self._termination,
-              "perform_task": self._perform}[method]
         try:
             return self._call(fn, *args, **kwargs)
         finally:
@@ -404,8 +404,14 @@ class CodePolicy:
                 self._check_state(method)
 
     def _check_state(self, method: str) -> None:
+        values = self._player.__dict__.values()
+        kinds = set(map(type, values))
+        if kinds <= _SCALAR_STATE:          # the common cases, at a fraction of a walk's cost
+            return
+        if kinds <= _TEXT_STATE and sum(len(v) for v in values if type(v) is str) <= MAX_STATE_ITEMS:
+            return
         walk = _Weight(MAX_STATE_ITEMS, into_objects=True)
-        for value in self._player.__dict__.values():
+        for value in values:
             walk.walk(value)
             if walk.total > MAX_STATE_ITEMS:
                 self._clear_player()
@@ -418,14 +424,14 @@ class CodePolicy:
         """May `skill` start now? True without calling code for skills with no precondition."""
         if skill not in self._pre_set:
             return True
-        result = self._metered("skill_precondition", skill, view)
+        result = self._metered(self._precondition, "skill_precondition", skill, view)
         if result is True or result is False:
             return result
         raise self._bad_result("skill_precondition", (skill, view), {}, result, "True or False")
 
     def terminates(self, skill: str, skill_time: int, depth: int, start_depth: int, **preconditions: bool) -> bool:
         """Does the active `skill` end now?"""
-        result = self._metered("skill_termination", skill, skill_time, depth, start_depth, **preconditions)
+        result = self._metered(self._termination, "skill_termination", skill, skill_time, depth, start_depth, **preconditions)
         if result is True or result is False:
             return result
         raise self._bad_result("skill_termination", (skill, skill_time, depth, start_depth),
@@ -433,7 +439,7 @@ class CodePolicy:
 
     def next_skill(self, current_skill: str, dungeon_depth: int, branch_number: int, **preconditions: bool) -> str:
         """The skill to run after `current_skill` terminated."""
-        result = self._metered("perform_task", current_skill, dungeon_depth, branch_number, **preconditions)
+        result = self._metered(self._perform, "perform_task", current_skill, dungeon_depth, branch_number, **preconditions)
         if type(result) is str and result in self._names_set:
             return result
         raise self._bad_result("perform_task", (current_skill, dungeon_depth, branch_number),
