@@ -20,6 +20,17 @@ import threading
 __all__ = ["Watchdog"]
 
 
+def _stderr_file():
+    """A stream with a real file descriptor: faulthandler writes from C. `sys.stderr` may be
+    replaced by one without (pytest's capture, a notebook); the process's own stderr is then
+    used."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return sys.__stderr__
+
+
 class Watchdog:
     """`with Watchdog(120):` ends the process if one call holds the interpreter for 120 s."""
 
@@ -41,7 +52,7 @@ class Watchdog:
         faulthandler.cancel_dump_traceback_later()
 
     def _arm(self) -> None:
-        faulthandler.dump_traceback_later(self.limit_s, repeat=False, file=sys.stderr, exit=True)
+        faulthandler.dump_traceback_later(self.limit_s, repeat=False, file=_stderr_file(), exit=True)
 
     def _rearm(self) -> None:
         while not self._stop.wait(self.limit_s / 4):
