@@ -18,6 +18,7 @@ from mmotif.tasks import (
     TASKS, DungeonProbe, TaskTracker, get_task, price_identifies, reference_policy_source,
     task_policy,
 )
+from mmotif.tasks.reference import POLICY_DIR
 from wizard import keys, screen, settle, teleport_onto, wish
 
 CTRL_F, CTRL_G, CTRL_V = 6, 7, 22
@@ -492,6 +493,14 @@ def test_reference_policies_load_and_survive_a_dry_run(name):
     assert policy.attribute("discoverer_skill_steps") == TASKS[name].initial_values["discoverer_skill_steps"]
     source = reference_policy_source(name)
     CodePolicy.from_source(source, SkillSet().names, SkillSet().with_precondition(), seed=1)
+
+
+def test_reference_policy_files_leave_the_starting_values_to_the_task_data():
+    for path in POLICY_DIR.glob("*.policy.py"):
+        assert "def set_initial_values" not in path.read_text(), path.name
+    for task in TASKS.values():
+        assert (POLICY_DIR / f"{task.policy or task.name}.policy.py").is_file(), task.name
+        assert (task.rule is None) == task.counts_events, task.name
 
 
 def test_gnomish_policy_retries_the_branch_until_it_is_in_the_mines():
