@@ -135,6 +135,8 @@ class EncodingCache:
     def encode(self, module: nn.Module, encode: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
         """`encode(rows)`, where `encode` depends on no weights but `module`'s."""
         self._sync_weights(module)
+        if rows.shape[0] == 0:
+            return encode(rows)
         distinct, inverse = distinct_rows(rows)
         keys = [row.tobytes() for row in distinct.cpu().numpy()]
         missing = [i for i, key in enumerate(keys) if key not in self._store]
@@ -197,15 +199,16 @@ class SkillPolicyNet(nn.Module):
         crop: (H, W) of crop_chars / crop_colors.
         sizes: a `NetSizes` (default `paper_sizes()`); keyword overrides replace its fields.
         message_encoder: factory `NetSizes -> nn.Module` mapping (N, 256) uint8 char codes to
-            (N, out_dim) floats row by row, with an `out_dim` attribute. Default: the reward
+            (N, out_dim) floats row by row, deterministically (no dropout: the shortcuts below
+            encode a repeated row once), with an `out_dim` attribute. Default: the reward
             model's char-CNN (`mmotif.rewards.model.MessageEncoder`).
 
     Exact shortcuts, each an attribute (True by default; False is the reference path, kept
     for tests and benchmarks):
     - `distinct_messages`, `distinct_crops`: encode each distinct message (crop) of a batch
       once (`encode_distinct`);
-    - `cache_messages`, `cache_crops`: in inference mode (`act`), keep the encodings of
-      messages (crops) seen before under the same weights (`EncodingCache`).
+    - `cache_messages`, `cache_crops`: in inference mode (`act`) and eval mode, keep the
+      encodings of messages (crops) seen before under the same weights (`EncodingCache`).
     """
 
     def __init__(self, num_skills: int, crop: tuple[int, int] = DEFAULT_CROP, sizes: NetSizes | None = None,
@@ -265,7 +268,8 @@ class SkillPolicyNet(nn.Module):
         ], dim=-1)
 
     def _encode_crops(self, chars: Tensor, colors: Tensor) -> Tensor:
-        if not (self.distinct_crops or self.cache_crops) or chars.dtype != torch.uint8 or colors.dtype != torch.uint8:
+        as_bytes = chars.dtype == colors.dtype == torch.uint8
+        if not (as_bytes and (self.distinct_crops or self.cache_crops)):
             return self.crop_encoder(chars, colors)
         n, cells = chars.shape[0], self.crop[0] * self.crop[1]
 
@@ -276,10 +280,9 @@ class SkillPolicyNet(nn.Module):
         return self._encode_rows(self.crop_encoder, encode, rows, self.distinct_crops, self.cache_crops,
                                  self._crop_cache)
 
-    @staticmethod
-    def _encode_rows(module: nn.Module, encode: Callable[[Tensor], Tensor], rows: Tensor, distinct: bool,
+    def _encode_rows(self, module: nn.Module, encode: Callable[[Tensor], Tensor], rows: Tensor, distinct: bool,
                      cache: bool, store: EncodingCache) -> Tensor:
-        if cache and torch.is_inference_mode_enabled():
+        if cache and not self.training and torch.is_inference_mode_enabled():
             return store.encode(module, encode, rows)
         if distinct:
             return encode_distinct(encode, rows)
