@@ -78,6 +78,34 @@ def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, 
     assert rows and rows[-1] == driver.counters.annotator_restarts
 
 
+def test_killed_reward_trainer_is_restarted_refilled_and_publishes_again(tmp_path, ray_local):
+    """The trainer holds no file: after a kill it restarts empty, the driver (the store's
+    owner) refills it, and a later version is still published and used."""
+    cfg = local_cfg(tmp_path, time_limit_s=75, annotator={"num_annotators": 1, "backend": "rules",
+                                                          "mode": "pointwise", "pairs_per_call": 64},
+                    reward={"retrain_every_labels": 100, "epochs": 1, "min_steps": 5})
+    driver = Driver(cfg)
+    seen = {}
+
+    def kill_trainer_after_the_first_version():
+        while not driver.counters.reward_versions:
+            time.sleep(0.5)
+        seen["versions"] = list(driver.counters.reward_versions)
+        seen["rows_stored"] = driver.store.cursor()
+        ray.kill(driver.reward_trainer, no_restart=False)
+
+    threading.Thread(target=kill_trainer_after_the_first_version, daemon=True).start()
+    summary = driver.run()
+    assert summary["status"] == "finished"
+    assert driver.counters.reward_trainer_restarts >= 1, "the kill was not noticed"
+    assert driver.counters.reward_trainer_refills == 1, "the restarted trainer was not refilled once"
+    assert len(driver.counters.reward_versions) > len(seen["versions"]), "no version after the restart"
+    versions = sorted(p.name for p in (tmp_path / "run" / "rewards").iterdir() if p.name.startswith("v"))
+    assert len(versions) == len(driver.counters.reward_versions)  # each published once, by the driver
+    last = json.loads((tmp_path / "run" / "rewards" / versions[-1] / "manifest.json").read_text())
+    assert last["extra"]["labels_in_store"] >= seen["rows_stored"], "the restarted trainer was not refilled"
+
+
 def store_keys(path):
     """(set of (skill, pair key), number of rows) of a preference store."""
     with sqlite3.connect(path) as db:

@@ -12,7 +12,7 @@ from mmotif.annotators.sampler import PairSampler
 from mmotif.config import load_config
 from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.store import PreferenceStore
-from mmotif.rewards.trainer import RewardTrainer
+from mmotif.rewards.trainer import RewardTrainer, publish_trained
 from mmotif.rewards.versions import RewardModelSet
 
 # Moments the agent's early games rarely produce, as they read in captions.
@@ -44,9 +44,9 @@ def trained(tmp_path_factory):
         for skill in skills:
             pairs = sampler.sample(skill, 400)
             store.append(annotate_pairs(backend, pairs, skills, score_cache={}))
-    trainer = RewardTrainer(cfg, store_path, root / "rewards")
-    record = trainer.maybe_retrain(force=True)
-    trainer.close()
+        trainer = RewardTrainer(cfg)
+        trainer.add(store.iter_preferences())
+    record, _ = publish_trained(root / "rewards", *trainer.maybe_retrain(force=True), [s.name for s in cfg.skills])
     return cfg, record, trainer
 
 

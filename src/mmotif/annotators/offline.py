@@ -131,18 +131,22 @@ def _progress(stream, done: int, total: int, elapsed: float) -> None:
 def train_rewards(cfg: RunConfig, store_path: Path, root: Path) -> dict:
     """Train every skill's reward model from the store and publish one version."""
     from mmotif.rewards.store import PreferenceStore
-    from mmotif.rewards.trainer import RewardTrainer
+    from mmotif.rewards.trainer import RewardTrainer, publish_trained
+    from mmotif.rewards.versions import latest_version, load
 
     if not Path(store_path).is_file():
         raise FileNotFoundError(f"preference store not found: {store_path} (run `mmotif annotate` first)")
+    skills = [s.name for s in cfg.skills]
+    number = latest_version(root)
+    trainer = RewardTrainer(cfg, load(root, number, skills=skills) if number is not None else None)
     with PreferenceStore(store_path) as store:
         if store.count() == 0:
             raise ValueError(f"preference store {store_path} is empty: nothing to train on")
-    trainer = RewardTrainer(cfg, store_path, root)
-    record = trainer.maybe_retrain(force=True)
-    trainer.close()
-    if record is None:
+        trainer.add(store.iter_preferences())
+    trained = trainer.maybe_retrain(force=True)
+    if trained is None:
         return {"published": None, "note": "no skill had enough new labels to retrain"}
+    record, _ = publish_trained(root, *trained, skills)
     return {"published": record.version, "path": record.path,
             "validation_accuracy": dict(zip(record.skills, record.val_accuracy)),
             "probe_margins": dict(zip(record.skills, record.probe_margins)),

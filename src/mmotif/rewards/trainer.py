@@ -1,6 +1,9 @@
-"""Reward trainer: retrains the per-skill reward models from the preference store when
-enough new labels arrived, and publishes a new immutable version only where validation
-does not regress.
+"""Reward trainer: retrains the per-skill reward models from the labels it was sent when
+enough new ones arrived, and returns a new model set only where validation does not regress.
+
+It opens no file: the preference store and the reward-model versions on disk have one owner,
+the driver, which sends the trainer every stored label (`add`) and publishes what it returns
+(`mmotif.rewards.versions.publish`). So the trainer can run on any node, with no shared disk.
 
 The plain core of the `RewardTrainerActor` Ray shell (`mmotif.runtime.shells`).
 """
@@ -8,24 +11,23 @@ The plain core of the `RewardTrainerActor` Ray shell (`mmotif.runtime.shells`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mmotif.config import RunConfig
-from mmotif.contract import RewardModelVersion
+from mmotif.contract import Preference, RewardModelVersion
 from mmotif.rewards.probes import probe_margins
-from mmotif.rewards.store import PreferenceStore
+from mmotif.rewards.store import preference_key
 from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
-from mmotif.rewards.versions import RewardModelSet, SkillReward, latest_version, load, publish
+from mmotif.rewards.versions import RewardModelSet, SkillReward, publish
 
 MIN_LABELS_PER_SKILL = 20  # below this a skill keeps its previous (or constant) model
 ACCURACY_TOLERANCE = 0.02  # a retrained skill may lose this much held-out accuracy
 
 
 class RewardTrainer:
-    def __init__(self, cfg: RunConfig, store_path: str | Path, root: str | Path):
+    def __init__(self, cfg: RunConfig, current: RewardModelSet | None = None):
         self.cfg = cfg
-        self.store = PreferenceStore(store_path)
-        self.root = Path(root)
         self.skills = tuple(s.name for s in cfg.skills)
         self.quantiles = {s.name: s.threshold_quantile for s in cfg.skills}
         r = cfg.reward
@@ -33,36 +35,46 @@ class RewardTrainer:
             lr=r.lr, batch_size=r.batch_size, epochs=r.epochs, min_steps=r.min_steps,
             val_fraction=r.validation_fraction,
         )
-        number = latest_version(self.root)
-        self.current = (load(self.root, number, skills=self.skills) if number is not None
-                        else RewardModelSet.constant(self.skills))
-        self.labels_at_last_train = self.store.count() if number is not None else 0
+        self.current = current if current is not None else RewardModelSet.constant(self.skills)
+        # per skill, pair key -> label: a real label sent later replaces a stored UNKNOWN
+        self._labels: dict[str, dict[str, Preference]] = {s: {} for s in self.skills}
+        self.rows_received = 0  # rows sent by the store's owner (a restarted trainer has 0)
+        self.rows_at_last_train = 0
         self.retrains = 0
 
-    def due(self) -> bool:
-        return self.store.count() - self.labels_at_last_train >= self.cfg.reward.retrain_every_labels
+    def add(self, preferences: Iterable[Preference], *, trained: bool = False) -> int:
+        """Takes stored labels, in store order; returns the rows received so far. `trained`:
+        the current models already learned from them (a restarted trainer being refilled)."""
+        for pref in preferences:
+            self._labels[pref.pair.skill][preference_key(pref)] = pref
+            self.rows_received += 1
+        if trained:
+            self.rows_at_last_train = self.rows_received
+        return self.rows_received
 
-    def maybe_retrain(self, force: bool = False) -> RewardModelVersion | None:
-        """Retrain if due (or forced); return the new version, or None if nothing changed."""
+    def due(self) -> bool:
+        return self.rows_received - self.rows_at_last_train >= self.cfg.reward.retrain_every_labels
+
+    def maybe_retrain(self, force: bool = False) -> tuple[RewardModelSet, dict] | None:
+        """Retrain if due (or forced). Returns (new unpublished model set, manifest extras)
+        or None if nothing changed."""
         if not force and not self.due():
             return None
-        total = self.store.count()
         entries, changed = [], False
         for i, skill in enumerate(self.skills):
             entry = self._retrain_skill(skill, self.current.entries[i])
             changed |= entry is not self.current.entries[i]
             entries.append(entry)
-        self.labels_at_last_train = total
+        self.rows_at_last_train = self.rows_received
         self.retrains += 1
         if not changed:
             return None
-        margins = probe_margins(RewardModelSet(entries), self.cfg.skills)
-        record = publish(self.root, entries, extra={"labels_in_store": total, "probe_margins": margins})
-        self.current = load(self.root, record.version, skills=self.skills)
-        return dataclasses.replace(record, probe_margins=tuple(margins[s] for s in self.skills))
+        self.current = RewardModelSet(entries)
+        margins = probe_margins(self.current, self.cfg.skills)
+        return self.current, {"labels_in_store": self.rows_received, "probe_margins": margins}
 
     def _retrain_skill(self, skill: str, previous: SkillReward) -> SkillReward:
-        prefs = list(self.store.iter_preferences(skill))
+        prefs = list(self._labels[skill].values())
         if len(prefs) < MIN_LABELS_PER_SKILL or len(prefs) == previous.n_labels:
             return previous
         init = None if previous.is_constant else previous.state_dict
@@ -75,5 +87,12 @@ class RewardTrainer:
             return previous  # do not publish a regression
         return entry
 
-    def close(self) -> None:
-        self.store.close()
+
+def publish_trained(root: str | Path, models: RewardModelSet, extra: dict,
+                    skills: Sequence[str]) -> tuple[RewardModelVersion, RewardModelSet]:
+    """Writes `models` as the next version under `root` (the owner's disk); returns its record,
+    with the probe margins, and the model set numbered as published."""
+    record = publish(root, models, extra=extra)
+    margins = extra.get("probe_margins", {})
+    record = dataclasses.replace(record, probe_margins=tuple(margins.get(s) for s in skills))
+    return record, RewardModelSet(models.entries, version=record.version)

@@ -49,6 +49,7 @@ COMPETENCE_WINDOW_STEPS = 200_000  # env steps of recent episodes behind `compet
 BASELINE_WAIT_S = 120.0  # at the end, how long the report waits for the random baseline
 MIN_ANNOTATE_INTERVAL_S = 0.5  # per annotator, between the starts of two calls
 RETRAIN_CHECK_INTERVAL_S = 2.0  # between asking the reward trainer whether a retrain is due
+REFILL_CHUNK = 5000  # labels per call when a (restarted) reward trainer is refilled
 TIE_WARNING_SHARE = 0.9  # a skill whose labels are mostly ties teaches its reward model nothing
 TIE_WARNING_MIN_LABELS = 200
 MAX_PING_FAILURES = 3  # `ready` pings failed in a row: Ray cannot bring the actor back (restarts spent)
@@ -96,6 +97,8 @@ class RunCounters:
     actor_replacements: int = 0  # rollout actors replaced by fresh ones (see Driver._replace_rollout_actor)
     env_rebuilds: int = 0  # games rebuilt after a reset that never reached the move loop
     annotator_restarts: int = 0
+    reward_trainer_restarts: int = 0
+    reward_trainer_refills: int = 0
     annotation_failures: int = 0  # calls that raised (the LLM/server failed), actor alive
 
 
@@ -156,8 +159,7 @@ class Driver:
         self.annotators, self.reward_trainer = [], None
         if self.with_annotation and plan.num_annotators:
             self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
-            self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(
-                cfg_data, str(self.store_path), str(self.reward_root))
+            self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(cfg_data)
         self.with_annotation = bool(self.annotators)
 
     def _add_rollout_actors(self, n: int) -> None:
@@ -219,10 +221,13 @@ class Driver:
         self._retrain_checked_at = 0.0
         self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir, wandb=wandb_logger(self.cfg))
+        self._reward_payload = None  # ref of the models the learner uses (refills a restarted trainer)
         if driver_state:
             self._restore(driver_state)
         elif reward_models is not None:
             self._start_from_reward_models(reward_models)
+        if self.reward_trainer is not None:
+            self._refill_reward_trainer()
         self.progress = Progress(names)
         self._throughput = WindowedRate(start_total=self.counters.steps_at_start)
         self._start_competence()
@@ -557,6 +562,7 @@ class Driver:
                                     {"annotation_failures_total": self.counters.annotation_failures})
                 continue
             new = self.store.append(prefs)
+            self._feed_reward_trainer()
             self.counters.labels += new
             self.counters.label_seconds += stats.get("seconds", 0.0)
             self.metrics.record(self.counters.env_steps, {
@@ -605,26 +611,69 @@ class Driver:
         counts = self.store.counts_by_skill()
         return min((s.name for s in self.cfg.skills), key=lambda name: counts.get(name, 0))
 
+    # The driver owns the preference store and the versions on disk; the trainer holds a copy
+    # of the labels, sent as they are stored, and is refilled when it restarted empty.
+    def _feed_reward_trainer(self) -> None:
+        rows = list(self.store.iter_preferences(after_rowid=self._fed_cursor))
+        if rows:
+            self.reward_trainer.add.remote(rows)
+            self._fed_rows += len(rows)
+            self._fed_cursor = self.store.cursor()
+
+    def _refill_reward_trainer(self) -> None:
+        """Sends the current models and every stored label (as already trained on)."""
+        if self._reward_payload is not None:
+            self.reward_trainer.set_current.remote(self._reward_payload)
+        self._fed_rows, self._fed_cursor = 0, 0
+        rows = list(self.store.iter_preferences())
+        for i in range(0, len(rows), REFILL_CHUNK):
+            self.reward_trainer.add.remote(rows[i:i + REFILL_CHUNK], trained=self._reward_payload is not None)
+        self._fed_rows, self._fed_cursor = len(rows), self.store.cursor()
+
     def _pump_reward_training(self, call):
         if call is not None:
-            if not ray.wait([call], timeout=0)[0]:
+            ref, rows_sent = call
+            if not ray.wait([ref], timeout=0)[0]:
                 return call
-            result = ray.get(call)
             self._retrain_checked_at = time.time()
-            if result is not None:
-                record, payload = result
-                ray.get(self.learner.set_reward_models.remote(payload))
-                self.counters.reward_versions.append(record.version)
-                self.metrics.record(self.counters.env_steps, {
-                    "reward_model_version": record.version,
-                    **{f"reward_model_accuracy/{s}": acc for s, acc in zip(record.skills, record.val_accuracy)
-                       if acc is not None},
-                    **{f"reward_probe_margin/{s}": m for s, m in zip(record.skills, record.probe_margins)
-                       if m is not None},
-                })
+            try:
+                rows_held, payload, extra = ray.get(ref)
+            except ray.exceptions.RayError as err:  # restarted by Ray (no limit): refilled when it answers
+                self.counters.reward_trainer_restarts += 1
+                log.warning("reward trainer failed (%d so far), restarting: %s",
+                            self.counters.reward_trainer_restarts, str(err).strip().splitlines()[-1][:300])
+                self.metrics.record(self.counters.env_steps,
+                                    {"reward_trainer_restarts_total": self.counters.reward_trainer_restarts})
+                return None
+            if rows_held < rows_sent:  # a restarted trainer: empty
+                log.warning("reward trainer holds %d of %d labels (restarted): refilling", rows_held, rows_sent)
+                self.counters.reward_trainer_refills += 1
+                self._refill_reward_trainer()
+            if payload is not None:
+                self._publish_reward_models(payload, extra)
         if time.time() - self._retrain_checked_at < RETRAIN_CHECK_INTERVAL_S:
-            return None  # asking again at once only makes the trainer count the store
-        return self.reward_trainer.maybe_retrain.remote()
+            return None  # asking again at once only makes the trainer count its labels
+        return self.reward_trainer.maybe_retrain.remote(), self._fed_rows
+
+    def _publish_reward_models(self, payload: dict, extra: dict) -> None:
+        """Writes the trainer's new models as the next version, then hands them to the learner
+        by object ref."""
+        from mmotif.rewards.trainer import publish_trained
+        from mmotif.rewards.versions import RewardModelSet
+
+        names = [s.name for s in self.cfg.skills]
+        record, models = publish_trained(self.reward_root, RewardModelSet.from_payload(payload, skills=names),
+                                         extra, names)
+        self._reward_payload = ray.put(models.to_payload())
+        ray.get(self.learner.set_reward_models.remote(self._reward_payload))
+        self.counters.reward_versions.append(record.version)
+        self.metrics.record(self.counters.env_steps, {
+            "reward_model_version": record.version,
+            **{f"reward_model_accuracy/{s}": acc for s, acc in zip(record.skills, record.val_accuracy)
+               if acc is not None},
+            **{f"reward_probe_margin/{s}": m for s, m in zip(record.skills, record.probe_margins)
+               if m is not None},
+        })
 
     # -- checkpoints -----------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -656,8 +705,12 @@ class Driver:
         self.counters.reward_versions = list(state["reward_versions"])
         self.rng.bit_generator.state = state["rng"]
         version = int(state["reward_model_version"])
-        if version >= 0:
-            ray.get(self.learner.load_reward_version.remote(str(self.reward_root), version))
+        if version >= 0:  # read from the driver's own disk, sent to the learner by ref
+            from mmotif.rewards.versions import load
+
+            models = load(self.reward_root, version, skills=[s.name for s in self.cfg.skills])
+            self._reward_payload = ray.put(models.to_payload())
+            ray.get(self.learner.set_reward_models.remote(self._reward_payload))
 
     def _load_reward_models(self, folder: Path):
         """The `reward.models` version; a manifest of the wrong shape (valid JSON that is not
@@ -673,7 +726,9 @@ class Driver:
                                      f"({type(err).__name__}: {str(err)[:200]})") from None
 
     def _start_from_reward_models(self, models) -> None:
-        version = ray.get(self.learner.set_reward_models.remote(models.to_payload()))
+        """`reward.models`: the learner's first rewards, and the trainer's warm start."""
+        self._reward_payload = ray.put(models.to_payload())
+        version = ray.get(self.learner.set_reward_models.remote(self._reward_payload))
         self.counters.reward_versions.append(version)
 
     # -- helpers -----------------------------------------------------------------------------

@@ -75,12 +75,6 @@ class LearnerActor:
         self.learner.set_reward_models(RewardModelSet.from_payload(payload, skills=self.learner.skills))
         return self.learner.reward_version
 
-    def load_reward_version(self, root: str, version: int) -> int:
-        from mmotif.rewards.versions import load
-
-        self.learner.set_reward_models(load(root, version, skills=self.learner.skills))
-        return self.learner.reward_version
-
     def state(self) -> dict:
         return self.learner.state()
 
@@ -122,16 +116,28 @@ class AnnotatorActor:
         return prefs, {**self.stats.as_dict(), "seconds": time.perf_counter() - t0}
 
 
-@ray.remote(max_restarts=3, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class RewardTrainerActor:
-    def __init__(self, config: dict, store_path: str, root: str):
+    """Holds no file: labels arrive from the store's owner (the driver), new models leave as
+    payloads. A restarted one starts empty and says so (`rows_received` 0): the driver refills it."""
+
+    def __init__(self, config: dict):
         from mmotif.rewards.trainer import RewardTrainer
 
-        self.trainer = RewardTrainer(_config(config), store_path, root)
+        self.trainer = RewardTrainer(_config(config))
+
+    def add(self, preferences: list, trained: bool = False) -> int:
+        return self.trainer.add(preferences, trained=trained)
+
+    def set_current(self, payload: dict) -> None:
+        from mmotif.rewards.versions import RewardModelSet
+
+        self.trainer.current = RewardModelSet.from_payload(payload, skills=self.trainer.skills)
 
     def maybe_retrain(self, force: bool = False):
-        """(record, payload) of a newly published version, or None."""
-        record = self.trainer.maybe_retrain(force)
-        if record is None:
-            return None
-        return record, self.trainer.current.to_payload()
+        """(rows received, payload of new models or None, manifest extras or None)."""
+        trained = self.trainer.maybe_retrain(force)
+        if trained is None:
+            return self.trainer.rows_received, None, None
+        models, extra = trained
+        return self.trainer.rows_received, models.to_payload(), extra
