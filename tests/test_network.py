@@ -201,6 +201,9 @@ def test_distinct_rows_rebuild_every_row():
     odd = rows[:, :253]  # not a whole number of int64 words: the plain path
     distinct, inverse = distinct_rows(odd)
     assert torch.equal(distinct[inverse], odd)
+    shifted = rows.reshape(-1)[3:3 + 34 * 256].view(34, 256)  # storage not 8-byte aligned
+    distinct, inverse = distinct_rows(shifted)
+    assert torch.equal(distinct[inverse], shifted)
 
 
 def forward_and_grads(net, obs, h0, dones):

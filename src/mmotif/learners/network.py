@@ -92,8 +92,9 @@ def distinct_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     Rows of bytes whose length divides by 8 are compared as int64 words, 8x fewer columns
     for the lexicographic sort; the bytes, hence the result, are the same.
     """
-    if rows.dtype == torch.uint8 and rows.shape[1] % 8 == 0:
-        distinct, inverse = torch.unique(rows.contiguous().view(torch.int64), dim=0, return_inverse=True)
+    rows = rows.contiguous()
+    if rows.dtype == torch.uint8 and rows.shape[1] % 8 == 0 and rows.storage_offset() % 8 == 0:
+        distinct, inverse = torch.unique(rows.view(torch.int64), dim=0, return_inverse=True)
         return distinct.view(torch.uint8), inverse
     return torch.unique(rows, dim=0, return_inverse=True)
 
