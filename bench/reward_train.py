@@ -11,8 +11,9 @@ import time
 
 import torch
 
+from mmotif.config import RewardConfig
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, Caption, CaptionPair, Preference
-from mmotif.rewards.training import RewardTrainConfig, train_reward_model
+from mmotif.rewards.training import train_reward_model
 
 MESSAGES = ["You descend the stairs.", "You kill the newt!", "It's a wall.", "The jackal bites!",
             "You see here a scroll.", "", "There is a staircase down here.", "You miss the rat."]
@@ -38,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     prefs = planted_preferences(args.pairs)
-    config = RewardTrainConfig(batch_size=args.batch, epochs=args.epochs, min_steps=0, lr=1e-3)
+    config = RewardConfig(batch_size=args.batch, epochs=args.epochs, min_steps=0, lr=1e-3)
     t0 = time.perf_counter()
     _, report = train_reward_model(prefs, config, seed=0)
     elapsed = time.perf_counter() - t0

@@ -27,11 +27,13 @@ from mmotif.rewards.stats import (
     threshold_quantiles,
     unique_reward_inputs,
 )
+from mmotif.config import RewardConfig
 from mmotif.rewards.training import (
-    RewardTrainConfig,
     bradley_terry_loss,
     fit_skill_reward,
     is_validation,
+    paper_config,
+    reward_config,
     train_reward_model,
 )
 
@@ -133,7 +135,7 @@ def synthetic_prefs(n: int, seed: int = 0) -> list[Preference]:
     return out
 
 
-FAST = dict(lr=1e-3, batch_size=32, epochs=1, min_steps=40, val_fraction=0.25)
+FAST = dict(lr=1e-3, batch_size=32, epochs=1, min_steps=40, validation_fraction=0.25)
 
 
 def test_trained_model_ranks_descending_first():
@@ -153,7 +155,7 @@ def test_trained_model_ranks_descending_first():
 
 def test_training_is_deterministic_for_a_seed():
     prefs = synthetic_prefs(60)
-    cfg = dict(lr=1e-3, batch_size=16, epochs=1, min_steps=6, val_fraction=0.2)
+    cfg = dict(lr=1e-3, batch_size=16, epochs=1, min_steps=6, validation_fraction=0.2)
     m1, r1 = train_reward_model(prefs, cfg, seed=5)
     m2, r2 = train_reward_model(prefs, cfg, seed=5)
     for v1, v2 in zip(m1.state_dict().values(), m2.state_dict().values()):
@@ -175,15 +177,14 @@ def test_trainer_refuses_bad_input():
 
 
 def test_config_coercion_and_paper_values():
-    paper = RewardTrainConfig.paper()
+    paper = paper_config()
     assert (paper.lr, paper.batch_size, paper.epochs, paper.shuffle) == (1e-5, 1000, 20, False)
 
-    class Pyd:  # any object with matching attribute names (e.g. a pydantic model)
-        lr = 0.5
-        epochs = 2
-
-    cfg = RewardTrainConfig.coerce(Pyd())
-    assert cfg.lr == 0.5 and cfg.epochs == 2 and cfg.batch_size == RewardTrainConfig().batch_size
+    section = RewardConfig(lr=0.5, epochs=2)  # the run's `reward` section is used as it is
+    assert reward_config(section) is section
+    cfg = reward_config(dict(lr=0.5, epochs=2))
+    assert cfg.lr == 0.5 and cfg.epochs == 2 and cfg.batch_size == RewardConfig().batch_size
+    assert reward_config(None) == RewardConfig()
 
 
 # ----------------------------------------------------------------------- stats

@@ -164,11 +164,25 @@ class AnnotatorConfig(LLMConfig):
 
 
 class RewardConfig(_Section):
+    """Reward-model training (spec §4.3, §4.4; `mmotif.rewards.training` reads this section
+    directly), the trainer's retraining policy and the RL-time reward transform (§4.6)."""
+
     lr: float = Field(1e-5, gt=0.0)
-    batch_size: int = Field(1000, gt=0)
+    batch_size: int = Field(1000, gt=0, description="pairs per Adam step")
     epochs: int = Field(20, gt=0)
     min_steps: int = Field(300, ge=0, description="small stores get more epochs, up to this many Adam steps")
+    max_steps: int | None = Field(
+        None, gt=0, description="cap for very large stores, in whole epochs (None: no cap)")
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shuffle: bool = Field(True, description="shuffle the pairs each epoch (the paper walks them in file order)")
+    include_unknown: bool = Field(True, description="an unknown label (3) trains as a 0.5/0.5 tie (§2.4)")
+    max_grad_norm: float | None = Field(None, gt=0.0)
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto")
+    eval_batch_size: int = Field(4096, gt=0, description="inputs per forward when scoring for metrics")
+    min_labels_per_skill: int = Field(
+        20, ge=1, description="below this many labels a skill keeps its previous (or constant) model")
+    accuracy_tolerance: float = Field(
+        0.02, ge=0.0, description="a retrained skill may lose this much held-out accuracy and still be published")
     retrain_every_labels: int = Field(1000, gt=0, description="retrain when this many new labels arrived")
     beta: float = Field(3.0, ge=0.0, description="message-count exponent (§4.6)")
     coef: float = Field(0.1, ge=0.0, description="intrinsic reward coefficient")
@@ -180,7 +194,7 @@ class RewardConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    """`size` picks a preset of `mmotif.learners.network` (paper: GRU 512, ~2.9M
+    """`size` picks a preset of `mmotif.models.network` (paper: GRU 512, ~2.9M
     parameters; local: GRU 128, ~0.28M); the other fields override single widths."""
 
     size: Literal["paper", "local"] = "paper"
@@ -198,16 +212,25 @@ class NetworkConfig(_Section):
 
 
 class LearnerConfig(_Section):
+    """The learner and its APPO/V-trace hyperparameters; defaults are the paper's (spec §8.2).
+    `mmotif.learners.appo` reads this section directly."""
+
     total_env_steps: int = Field(4_000_000_000, gt=0)
-    rollout: int = Field(32, gt=0)
+    rollout: int = Field(32, gt=0, description="env steps per rollout, also the BPTT length")
     batch_size: int = Field(4096, gt=0, description="samples per SGD step")
     lr: float = Field(1e-4, gt=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-6, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     entropy_coef: float = Field(0.003, ge=0.0)
     value_coef: float = Field(0.5, ge=0.0)
-    clip_ratio: float = Field(0.1, gt=0.0)
-    value_clip: float = Field(1.0, gt=0.0)
+    clip_ratio: float = Field(0.1, gt=0.0, description="ratio clipped to [1/(1+clip), 1+clip]")
+    value_clip: float = Field(1.0, gt=0.0, description="relative to the behaviour (old) value")
     max_grad_norm: float = Field(4.0, gt=0.0)
+    rho_bar: float = Field(1.0, gt=0.0, description="V-trace importance-weight clip")
+    c_bar: float = Field(1.0, gt=0.0, description="V-trace trace-cutting clip")
+    ratio_min: float = Field(0.05, gt=0.0, description="ratios clamped to [ratio_min, ratio_max] before any use")
+    ratio_max: float = Field(20.0, gt=0.0)
     max_policy_lag: int = Field(
         10_000, gt=0, description="rollouts acted by a policy more versions old are dropped (reference: "
         "10,000, effectively off)")
@@ -228,6 +251,8 @@ class LearnerConfig(_Section):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of rollout ({self.rollout})"
             )
+        if self.ratio_min >= self.ratio_max:
+            raise ValueError(f"ratio_min ({self.ratio_min}) must be below ratio_max ({self.ratio_max})")
         return self
 
 

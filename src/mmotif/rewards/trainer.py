@@ -18,11 +18,8 @@ from mmotif.config import RunConfig
 from mmotif.contract import Preference, RewardModelVersion
 from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.store import preference_key
-from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
+from mmotif.rewards.training import fit_skill_reward
 from mmotif.rewards.versions import RewardModelSet, SkillReward, publish
-
-MIN_LABELS_PER_SKILL = 20  # below this a skill keeps its previous (or constant) model
-ACCURACY_TOLERANCE = 0.02  # a retrained skill may lose this much held-out accuracy
 
 
 class RewardTrainer:
@@ -30,11 +27,6 @@ class RewardTrainer:
         self.cfg = cfg
         self.skills = tuple(s.name for s in cfg.skills)
         self.quantiles = {s.name: s.threshold_quantile for s in cfg.skills}
-        r = cfg.reward
-        self.train_config = RewardTrainConfig(
-            lr=r.lr, batch_size=r.batch_size, epochs=r.epochs, min_steps=r.min_steps,
-            val_fraction=r.validation_fraction,
-        )
         self.current = current if current is not None else RewardModelSet.constant(self.skills)
         # per skill, pair key -> label: a real label sent later replaces a stored UNKNOWN
         self._labels: dict[str, dict[str, Preference]] = {s: {} for s in self.skills}
@@ -75,15 +67,15 @@ class RewardTrainer:
 
     def _retrain_skill(self, skill: str, previous: SkillReward) -> SkillReward:
         prefs = list(self._labels[skill].values())
-        if len(prefs) < MIN_LABELS_PER_SKILL or len(prefs) == previous.n_labels:
+        if len(prefs) < self.cfg.reward.min_labels_per_skill or len(prefs) == previous.n_labels:
             return previous
         init = None if previous.is_constant else previous.state_dict
         entry, _ = fit_skill_reward(
-            skill, prefs, self.train_config, seed=self.cfg.seed + self.retrains,
+            skill, prefs, self.cfg.reward, seed=self.cfg.seed + self.retrains,
             threshold_quantile=self.quantiles[skill], init_state_dict=init,
         )
         if (previous.val_accuracy is not None and entry.val_accuracy is not None
-                and entry.val_accuracy < previous.val_accuracy - ACCURACY_TOLERANCE):
+                and entry.val_accuracy < previous.val_accuracy - self.cfg.reward.accuracy_tolerance):
             return previous  # do not publish a regression
         return entry
 

@@ -11,11 +11,13 @@ Deviations from the original script (documented on purpose):
   side as the store grows and successive versions are compared on comparable data.
 - **Shuffling.** The original walks pairs in file order; we shuffle each epoch (seeded).
   Pairs arrive from a live sampler, so file order is correlated with training time.
-- **Defaults (lr 3e-4, batch 256, 20 epochs, at least 300 steps)** instead of the paper's
-  1e-5 / 1,000 / 20. The paper trains once on 80k-200k pairs (1.6k-4k Adam steps); mmotif
-  retrains continuously from a store that starts with a few hundred labels, where 1e-5 for a
-  few dozen steps leaves the orthogonally initialised net near its starting point. The
-  paper's values remain available through the config (`RewardTrainConfig.paper()`).
+- **At least `min_steps` Adam steps (default 300).** The paper trains once on 80k-200k pairs
+  (1.6k-4k Adam steps); mmotif retrains continuously from a store that starts with a few
+  hundred labels, where 20 epochs are a few dozen steps and leave the orthogonally initialised
+  net near its starting point. The `local` preset also raises lr to 3e-4 with batch 64.
+
+The settings are the run's `reward` section (`mmotif.config.RewardConfig`), read directly;
+`paper_config()` gives the paper's exact values (no minimum, no shuffling).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mmotif.config import RewardConfig
 from mmotif.contract import LABEL_UNKNOWN, Caption, Preference
 from mmotif.rewards.model import RewardModel, encode_captions
 from mmotif.rewards.stats import compute_reward_stats
@@ -64,55 +67,28 @@ def is_validation(pref: Preference, val_fraction: float) -> bool:
 
 
 # ---------------------------------------------------------------------------- config
-@dataclass
-class RewardTrainConfig:
-    lr: float = 3e-4
-    batch_size: int = 256  # pairs per Adam step
-    epochs: int = 20
-    min_steps: int = 300  # small stores get more epochs so the net actually trains
-    max_steps: int | None = None  # cap for very large stores, in whole epochs (None: no cap)
-    val_fraction: float = 0.1
-    shuffle: bool = True
-    include_unknown: bool = True  # spec §2.4: unknown (3) trains as a 0.5/0.5 tie
-    max_grad_norm: float | None = None
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
-    eval_batch_size: int = 4096
+def reward_config(config: RewardConfig | Mapping[str, Any] | None = None) -> RewardConfig:
+    """The run's `reward` section as given, or one built from a mapping of its fields (None:
+    the defaults)."""
+    if config is None:
+        return RewardConfig()
+    if isinstance(config, RewardConfig):
+        return config
+    unknown = set(config) - set(RewardConfig.model_fields)
+    if unknown:
+        raise ValueError(f"unknown reward training option(s): {sorted(unknown)}")
+    return RewardConfig(**config)
 
-    @classmethod
-    def paper(cls, **overrides: Any) -> "RewardTrainConfig":
-        """The original hyper-parameters: Adam 1e-5, batch 1,000, 20 epochs, no shuffling."""
-        base = dict(lr=1e-5, batch_size=1000, epochs=20, min_steps=0, shuffle=False)
-        base.update(overrides)
-        return cls(**base)
 
-    @classmethod
-    def coerce(cls, config: "RewardTrainConfig | Mapping[str, Any] | Any | None") -> "RewardTrainConfig":
-        """Accept this dataclass, a mapping, None (defaults) or any object (e.g. a pydantic
-        model) with some of these attribute names."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        names = {f.name for f in fields(cls)}
-        if isinstance(config, Mapping):
-            unknown = set(config) - names
-            if unknown:
-                raise ValueError(f"unknown reward training option(s): {sorted(unknown)}")
-            return cls(**config)
-        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+def paper_config(**overrides: Any) -> RewardConfig:
+    """The original hyper-parameters: Adam 1e-5, batch 1,000, 20 epochs, no shuffling."""
+    return RewardConfig(**{**dict(lr=1e-5, batch_size=1000, epochs=20, min_steps=0, shuffle=False), **overrides})
 
-    def validate(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.batch_size < 1 or self.epochs < 1 or self.min_steps < 0:
-            raise ValueError("batch_size and epochs must be >= 1 and min_steps >= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
-    def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @dataclass
@@ -182,7 +158,7 @@ def _score_unique(model: RewardModel, msg: torch.Tensor, diff: torch.Tensor, bat
 
 
 def train_reward_model(preferences: Iterable[Preference],
-                       config: RewardTrainConfig | Mapping[str, Any] | Any | None = None,
+                       config: RewardConfig | Mapping[str, Any] | None = None,
                        seed: int = 0, *, init_state_dict: Mapping[str, torch.Tensor] | None = None,
                        ) -> tuple[RewardModel, RewardTrainReport]:
     """Train one skill's reward model on its preferences; returns (model in eval mode, report).
@@ -191,8 +167,7 @@ def train_reward_model(preferences: Iterable[Preference],
     previous version (default: fresh orthogonal init, as in the paper). Deterministic for a
     given seed, data and device.
     """
-    cfg = RewardTrainConfig.coerce(config)
-    cfg.validate()
+    cfg = reward_config(config)
     prefs = [p for p in preferences if cfg.include_unknown or p.label != LABEL_UNKNOWN]
     if not prefs:
         raise ValueError("train_reward_model: no preferences to train on")
@@ -200,18 +175,18 @@ def train_reward_model(preferences: Iterable[Preference],
     if len(skills) != 1:
         raise ValueError(f"train_reward_model trains one skill at a time, got {sorted(skills)}")
     skill = skills.pop()
-    device = cfg.resolve_device()
+    device = resolve_device(cfg.device)
     t0 = time.perf_counter()
 
     unique, pairs, targets = _index_pairs(prefs)
     msg, diff = encode_captions(unique)
     msg, diff = msg.to(device), diff.to(device)
-    val_mask = torch.tensor([is_validation(p, cfg.val_fraction) for p in prefs], dtype=torch.bool)
+    val_mask = torch.tensor([is_validation(p, cfg.validation_fraction) for p in prefs], dtype=torch.bool)
     train_idx = torch.nonzero(~val_mask).flatten()
     val_idx = torch.nonzero(val_mask).flatten()
     if len(train_idx) == 0:
         raise ValueError(f"train_reward_model[{skill}]: all {len(prefs)} pairs fell in the validation "
-                         f"split (val_fraction={cfg.val_fraction}); add labels or lower val_fraction")
+                         f"split (validation_fraction={cfg.validation_fraction}); add labels or lower it")
 
     gen = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
@@ -264,13 +239,13 @@ def train_reward_model(preferences: Iterable[Preference],
         val_accuracy=last["val_accuracy"], val_loss=last["val_loss"],
         train_accuracy=last["train_accuracy"], train_loss=last["train_loss"],
         epochs=epochs, steps=steps, seconds=time.perf_counter() - t0, seed=int(seed),
-        config=asdict(cfg), history=history,
+        config=cfg.model_dump(mode="json"), history=history,
     )
     return model, report
 
 
 def fit_skill_reward(skill: str, preferences: Iterable[Preference],
-                     config: RewardTrainConfig | Mapping[str, Any] | Any | None = None, seed: int = 0,
+                     config: RewardConfig | Mapping[str, Any] | None = None, seed: int = 0,
                      *, threshold_quantile: float,
                      init_state_dict: Mapping[str, torch.Tensor] | None = None):
     """Train + compute stats for one skill; returns (SkillReward ready to publish, report).
@@ -292,7 +267,7 @@ def fit_skill_reward(skill: str, preferences: Iterable[Preference],
 
 
 __all__ = [
-    "RewardTrainConfig", "RewardTrainReport", "bradley_terry_loss",
-    "fit_skill_reward", "is_validation",
+    "RewardTrainReport", "bradley_terry_loss",
+    "fit_skill_reward", "is_validation", "paper_config", "reward_config",
     "train_reward_model",
 ]
