@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from mmotif.learners.network import EXACT_SHORTCUTS as SWITCHES
+from mmotif.models.network import EXACT_SHORTCUTS as SWITCHES
 
 
 def cpu_per_call(fn, seconds: float, min_calls: int = 2) -> float:

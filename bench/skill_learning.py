@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from mmotif.config import load_config
-from mmotif.learners.build import make_network
-from mmotif.learners.network import mask_state
+from mmotif.models.build import make_network
+from mmotif.models.network import mask_state
 from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
 from mmotif.evaluation.report import read_metrics

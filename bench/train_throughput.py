@@ -261,8 +261,8 @@ def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, wa
     """A real `mmotif run` (local preset, no annotation) for `seconds`; its steady rate."""
     import ray
 
-    from mmotif.learners.build import make_network
-    from mmotif.learners.network import num_parameters
+    from mmotif.models.build import make_network
+    from mmotif.models.layers import num_parameters
     from mmotif.runtime.driver import Driver
 
     with tempfile.TemporaryDirectory(prefix="mmotif-bench-") as tmp:

@@ -144,7 +144,7 @@ def test_submit_uses_the_files_preset(capsys, monkeypatch, tmp_path):
 
 
 def test_set_reaches_eval_random_init(capsys, monkeypatch):
-    import mmotif.learners.build as build
+    import mmotif.models.build as build
 
     class Stop(Exception):
         pass

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mmotif.config import load_config
-from mmotif.learners.build import make_network
+from mmotif.models.build import make_network
 from mmotif.tasks import reference_policy_source, task_policy
 from mmotif.checkpoint import load_network
 from mmotif.cli import add_eval_arguments

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mmotif.contract import observation_spec
-from mmotif.learners.network import (SkillPolicyNet, distinct_rows, local_sizes, mask_state,
-                                     num_parameters, paper_sizes)
+from mmotif.models.layers import num_parameters
+from mmotif.models.network import SkillPolicyNet, distinct_rows, local_sizes, mask_state, paper_sizes
 
 K = 5
 CROP = (12, 12)

@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN
-from mmotif.rewards.model import MessageEncoder, RewardModel, num_parameters
+from mmotif.models.layers import num_parameters
+from mmotif.models.message import MessageEncoder
+from mmotif.models.network import SkillPolicyNet, local_sizes
+from mmotif.rewards.model import RewardModel
 
 torch.set_num_threads(1)
 
@@ -80,3 +83,29 @@ def test_init_is_seeded():
     b = RewardModel()
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+# The reward-model file format: published versions store `state_dict()` under these names and
+# shapes (recorded from a version published before the encoder moved to `mmotif.models`).
+PUBLISHED_KEYS = {
+    "message_encoder.embedding.weight": (256, 32),
+    **{f"message_encoder.conv.{i}.weight": (64, 32 if i == 0 else 64, 7 if i in (0, 3) else 3)
+       for i in (0, 3, 6, 8, 10, 12)},
+    **{f"message_encoder.conv.{i}.bias": (64,) for i in (0, 3, 6, 8, 10, 12)},
+    "message_encoder.fc.0.weight": (128, 320), "message_encoder.fc.0.bias": (128,),
+    "diffstats_encoder.0.weight": (128, 5), "diffstats_encoder.0.bias": (128,),
+    "diffstats_encoder.2.weight": (128, 128), "diffstats_encoder.2.bias": (128,),
+    "trunk.0.weight": (256, 256), "trunk.0.bias": (256,), "trunk.2.weight": (512, 256), "trunk.2.bias": (512,),
+    "head.1.weight": (1, 512), "head.1.bias": (1,),
+}
+
+
+def test_state_dict_keys_are_the_published_format():
+    sd = RewardModel().state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == PUBLISHED_KEYS
+    RewardModel().load_state_dict({k: torch.zeros(shape) for k, shape in PUBLISHED_KEYS.items()})
+
+
+def test_policy_and_reward_model_share_one_message_encoder_class():
+    assert type(RewardModel().message_encoder) is MessageEncoder
+    assert type(SkillPolicyNet(2, sizes=local_sizes()).message_encoder) is MessageEncoder

@@ -216,7 +216,7 @@ def load_network(checkpoint: str | Path) -> tuple[RunConfig, torch.nn.Module, st
 
     learner.pt is read weights-only: a file that asks to unpickle code is refused with a
     CheckpointError, as is a LATEST naming anything but a checkpoint folder of the run."""
-    from mmotif.learners.build import make_network
+    from mmotif.models.build import make_network
 
     path = Path(checkpoint)
     if path.is_file():

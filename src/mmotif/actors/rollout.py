@@ -16,8 +16,8 @@ import torch
 
 from mmotif.config import RunConfig
 from mmotif.contract import PolicyVersion, TrajectoryBatch
-from mmotif.learners.network import SkillPolicyNet, mask_state
-from mmotif.learners.build import make_network
+from mmotif.models.build import make_network
+from mmotif.models.network import SkillPolicyNet, mask_state
 from mmotif.skills.build import make_vector_env
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from mmotif.evaluation.replay import EpisodeRecorder
-from mmotif.learners.network import mask_state
+from mmotif.models.network import mask_state
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.vector import EpisodeHooks, VectorSkillEnv
 

@@ -297,7 +297,7 @@ def _task_names(tasks: list[str], policy: Path | None) -> list[str]:
 
 def cmd_eval(args) -> int:
     from mmotif.config import load_config
-    from mmotif.learners.build import make_network
+    from mmotif.models.build import make_network
 
     try:
         names = _task_names(args.task, args.policy)

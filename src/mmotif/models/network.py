@@ -2,7 +2,8 @@
 
     crop_chars, crop_colors (H, W) --embed 256 chars + 16 colours--> conv net --> FC --> ELU
     blstats (30 + K, skill one-hot last) --> MLP (ELU) ++ raw blstats            (CDGPT5 style)
-    message (256 char codes) --> char-CNN (the reward model's MessageEncoder, spec §4.2)
+    message (256 char codes) --> char-CNN (`models.message.MessageEncoder`, shared with the
+                                 reward model, spec §4.2)
                   concat --> GRU (one layer) --> actor Linear(H -> 28 logits)
                                              --> critic Linear(H -> 1), one critic for all skills
 
@@ -10,7 +11,7 @@ Deviation from CDGPT5, recorded (spec §15.4 allows it): the image branch reads 
 of the tty characters and colours of the crop around the hero instead of a 72x72 RGB
 rendering of the same crop. The rest follows §7.2-§7.3.
 
-Recurrent state convention (shared with `learners.appo`):
+Recurrent state convention (shared with `learners.appo`, `actors` and `evaluation`):
 - `dones[t]` (T, B) means the episode ENDED after step t.
 - The state is set to zero before step t + 1 wherever `dones[t]`: only at episode ends,
   never at skill switches (§7.3, §8.3).
@@ -32,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from mmotif.contract import DEFAULT_CROP, MESSAGE_LEN, blstats_dim
-from mmotif.rewards.model import MessageEncoder
+from mmotif.models.layers import orthogonal_init_
+from mmotif.models.message import MessageEncoder
 
 NUM_ACTIONS = 28  # spec §9.3
 NUM_CHARS = 256
@@ -147,10 +149,6 @@ class EncodingCache:
         return torch.stack([self._store[key] for key in keys]).index_select(0, inverse)
 
 
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 class CropEncoder(nn.Module):
     """Char + colour embeddings of the (H, W) crop -> conv (ELU) -> FC (ELU)."""
 
@@ -202,7 +200,7 @@ class SkillPolicyNet(nn.Module):
         message_encoder: factory `NetSizes -> nn.Module` mapping (N, 256) uint8 char codes to
             (N, out_dim) floats row by row, deterministically (no dropout: the shortcuts below
             encode a repeated row once), with an `out_dim` attribute. Default: the reward
-            model's char-CNN (`mmotif.rewards.model.MessageEncoder`).
+            model's char-CNN (`mmotif.models.message.MessageEncoder`).
 
     Exact shortcuts, each an attribute (True by default; False is the reference path, kept
     for tests and benchmarks):
@@ -234,11 +232,7 @@ class SkillPolicyNet(nn.Module):
 
     def _init_weights(self) -> None:
         """Orthogonal (gain 1) weights and zero biases; per gate for the GRU matrices."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                nn.init.orthogonal_(m.weight, gain=1.0)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        orthogonal_init_(self, gain=1.0)
         for name, p in self.core.named_parameters():
             if name.startswith("weight"):
                 for gate in p.data.chunk(3, dim=0):  # reset, update, new

@@ -3,7 +3,7 @@
 Modules (import them directly; this package imports nothing so light processes such as the
 annotators can use `mmotif.rewards.store` without loading torch):
 
-- `model`:     `MessageEncoder` (char-CNN, shared with the policy), `RewardModel` (§4.2) and
+- `model`:     `RewardModel` (§4.2, over `mmotif.models.message.MessageEncoder`) and
                its input encoding (`encode_message`, `diffstats_of`, `encode_captions`)
 - `store`:     `PreferenceStore`, the durable append-only SQLite label store
 - `training`:  Bradley-Terry loss with ties, `train_reward_model`,

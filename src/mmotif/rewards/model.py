@@ -1,4 +1,4 @@
-"""Per-skill reward network (spec §4.2) and the char-CNN message encoder it shares with the policy.
+"""Per-skill reward network (spec §4.2) over the char-CNN message encoder of `mmotif.models.message`.
 
 The message encoder reads the NLE message buffer as raw character codes (uint8, 256 long,
 zero padded; no tokenizer) and the reward model adds a small MLP over `diffstats` (the sign of
@@ -14,70 +14,8 @@ import torch
 from torch import nn
 
 from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, Caption
-
-
-def _conv_out_len(length: int, kernel: int) -> int:
-    return length - kernel + 1  # stride 1, no padding
-
-
-def _pool_out_len(length: int, kernel: int = 3) -> int:
-    return length // kernel  # MaxPool1d(k, stride k), floor mode
-
-
-class MessageEncoder(nn.Module):
-    """Char-CNN over the current message (the E3B / TorchBeast `lt_cnn` message model).
-
-    Embedding(256, 32, padding_idx=0) -> Conv1d(32->64, k7) -> ReLU -> MaxPool(3)
-    -> Conv1d(64->64, k7) -> ReLU -> MaxPool(3) -> 4x [Conv1d(64->64, k3) -> ReLU] -> MaxPool(3)
-    -> flatten (64 x 5 = 320 for 256 chars) -> Linear(320 -> out_dim) -> ReLU.
-
-    Input: `message` integer tensor (B, msg_len) of char codes 0..255 (uint8 is fine).
-    Output: float tensor (B, out_dim).
-    """
-
-    def __init__(self, out_dim: int = 128, *, msg_len: int = MESSAGE_LEN, emb_dim: int = 32,
-                 channels: int = 64) -> None:
-        super().__init__()
-        self.msg_len = msg_len
-        self.out_dim = out_dim
-        self.embedding = nn.Embedding(256, emb_dim, padding_idx=0)
-        self.conv = nn.Sequential(
-            nn.Conv1d(emb_dim, channels, kernel_size=7), nn.ReLU(), nn.MaxPool1d(3, 3),
-            nn.Conv1d(channels, channels, kernel_size=7), nn.ReLU(), nn.MaxPool1d(3, 3),
-            nn.Conv1d(channels, channels, kernel_size=3), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel_size=3), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel_size=3), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel_size=3), nn.ReLU(),
-            nn.MaxPool1d(3, 3),
-        )
-        length = _pool_out_len(_conv_out_len(msg_len, 7))
-        length = _pool_out_len(_conv_out_len(length, 7))
-        for _ in range(4):
-            length = _conv_out_len(length, 3)
-        length = _pool_out_len(length)
-        if length < 1:
-            raise ValueError(f"msg_len={msg_len} is too short for the message CNN")
-        self.flat_dim = channels * length  # 320 for the paper's 256-char message
-        self.fc = nn.Sequential(nn.Linear(self.flat_dim, out_dim), nn.ReLU())
-
-    def forward(self, message: torch.Tensor) -> torch.Tensor:
-        if message.dim() != 2 or message.shape[1] != self.msg_len:
-            raise ValueError(f"message must be (B, {self.msg_len}), got {tuple(message.shape)}")
-        x = self.embedding(message.long())  # (B, L, E)
-        x = self.conv(x.transpose(1, 2))  # (B, C, L')
-        return self.fc(x.flatten(1))
-
-
-def orthogonal_init_(module: nn.Module, gain: float = 1.0) -> None:
-    """Orthogonal weights (gain 1) and zero biases for every Linear/Conv1d (spec §4.2).
-
-    The embedding keeps PyTorch's default N(0, 1) init (its padding row stays zero).
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d)):
-            nn.init.orthogonal_(m.weight, gain=gain)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+from mmotif.models.layers import orthogonal_init_
+from mmotif.models.message import MessageEncoder
 
 
 class RewardModel(nn.Module):
@@ -109,10 +47,6 @@ class RewardModel(nn.Module):
         m = self.message_encoder(message)
         d = self.diffstats_encoder(diffstats.to(m.dtype))
         return self.head(self.trunk(torch.cat([m, d], dim=1))).squeeze(1)
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # --------------------------------------------------------------------------- inputs
