@@ -138,6 +138,10 @@ def test_submit_pieces(tmp_path):
     cfg = _cfg(name="x y/z")
     assert sb.for_cluster(cfg).cluster.address == "auto"
     assert cfg.cluster.address is None  # the caller's config is left alone
+    # a relative run folder would land in Ray's temporary working directory: the head's home
+    assert sb.for_cluster(cfg).paths.run_dir == Path("~/mmotif") / cfg.paths.run_dir
+    absolute = _cfg(paths={"run_dir": str(tmp_path / "keep")})
+    assert sb.for_cluster(absolute).paths.run_dir == tmp_path / "keep"
     staged = sb.stage_config(sb.for_cluster(cfg), tmp_path)
     assert load_config(staged).cluster.address == "auto"
     assert load_config(staged).model_dump() == sb.for_cluster(cfg).model_dump()

@@ -257,8 +257,10 @@ def add_job_subcommands(sub, add_config_args) -> None:
     p.add_argument("--pip", action="append", metavar="REQ",
                    help="extra requirement installed into the job's env (needs an index "
                         "reachable from the nodes); repeatable")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=1.0,
-                   help="CPUs reserved for the driver process (default 1)")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=0.0,
+                   help="CPUs reserved for the driver process (default 0: Ray runs an entrypoint "
+                        "that reserves nothing on the head node; any reservation lets it land on a "
+                        "(spot) worker)")
     p.add_argument("--entrypoint-num-gpus", type=float, default=0.0,
                    help="GPUs reserved for the driver process (default 0: the learner "
                         "takes its GPU as an actor)")

@@ -105,7 +105,7 @@ class RunCounters:
 class Driver:
     def __init__(self, cfg: RunConfig, resume: bool = False, with_annotation: bool = True):
         self.cfg = cfg
-        self.run_dir = _run_folder(Path(cfg.paths.run_dir))
+        self.run_dir = _run_folder(Path(cfg.paths.run_dir).expanduser())
         if resume:  # refuse a config that cannot continue the run before overwriting its config.yaml
             check_resumable(self.run_dir, cfg)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())

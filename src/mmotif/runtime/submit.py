@@ -154,11 +154,19 @@ def stage_config(cfg: RunConfig, dest: Path) -> Path:
     return path
 
 
+CLUSTER_RUNS_ROOT = "~/mmotif"  # a relative run folder lands here, in the head's home
+
+
 def for_cluster(cfg: RunConfig) -> RunConfig:
-    """The config as the job runs it: it joins the cluster it was submitted to."""
+    """The config as the job runs it: it joins the cluster it was submitted to, and a relative
+    `paths.run_dir` is put under the head node's home: relative to the job's working
+    directory it would land in Ray's temporary copy of it, deleted with the job."""
+    cfg = cfg.model_copy(deep=True)
     if cfg.cluster.address is None:
-        cfg = cfg.model_copy(deep=True)
         cfg.cluster.address = "auto"  # the Jobs API sets RAY_ADDRESS for the entrypoint
+    run_dir = cfg.paths.run_dir
+    if not run_dir.is_absolute() and not str(run_dir).startswith("~"):
+        cfg.paths.run_dir = Path(CLUSTER_RUNS_ROOT) / run_dir
     return cfg
 
 
@@ -204,7 +212,7 @@ class Submitted:
 
 
 def submit_run(address: str | None, cfg: RunConfig, *, mode: str = "local",
-               entrypoint_num_cpus: float = 1.0, entrypoint_num_gpus: float = 0.0,
+               entrypoint_num_cpus: float = 0.0, entrypoint_num_gpus: float = 0.0,
                entrypoint_resources: dict[str, float] | None = None,
                pip: list[str] | tuple[str, ...] = (), submission_id: str | None = None,
                env_vars: dict[str, str] | None = None, preset: str | None = None) -> Submitted:
