@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmotif.config import load_config
+from mmotif.config import RewardConfig, load_config
 from mmotif.contract import LABEL_FIRST, Caption, CaptionPair, Preference
-from mmotif.learners.build import make_network
+from mmotif.models.build import make_network
+from mmotif.models.network import mask_state
 from mmotif.nethack.actions import INDEX
-from mmotif.learners.network import mask_state
-from mmotif.rewards.training import RewardTrainConfig, fit_skill_reward
+from mmotif.rewards.training import fit_skill_reward
 from mmotif.rewards.versions import publish
 from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
@@ -82,7 +82,7 @@ def planted_preferences(kind: str) -> list[Preference]:
 
 def planted_reward(root: Path, seed: int, kind: str) -> Path:
     prefs = planted_preferences(kind)
-    entry, report = fit_skill_reward("descender", prefs, RewardTrainConfig(lr=1e-3, batch_size=64, min_steps=100),
+    entry, report = fit_skill_reward("descender", prefs, RewardConfig(lr=1e-3, batch_size=64, min_steps=100),
                                      seed=seed, threshold_quantile=0.9 if kind == "descent" else 0.5)
     return Path(publish(root, [entry]).path)
 

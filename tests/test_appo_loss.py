@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from mmotif.learners.appo import (APPOHyperparams, appo_loss, learner_step, make_optimizer, normalize,
+from mmotif.config import LearnerConfig
+from mmotif.learners.appo import (appo_loss, learner_step, make_optimizer, normalize,
                                   policy_loss, value_loss)
-from mmotif.learners.network import SkillPolicyNet, local_sizes, mask_state
+from mmotif.models.network import SkillPolicyNet, local_sizes, mask_state
 
 from test_network import random_obs
 
@@ -15,9 +16,9 @@ K = 5
 
 
 def test_paper_defaults():
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     assert (hp.lr, hp.gamma, hp.clip_ratio, hp.value_clip, hp.value_coef, hp.entropy_coef) == (1e-4, 0.99, 0.1, 1.0, 0.5, 0.003)
-    assert (hp.max_grad_norm, hp.rho_bar, hp.c_bar, hp.batch_size, hp.rollout_len) == (4.0, 1.0, 1.0, 4096, 32)
+    assert (hp.max_grad_norm, hp.rho_bar, hp.c_bar, hp.batch_size, hp.rollout) == (4.0, 1.0, 1.0, 4096, 32)
     assert (hp.ratio_min, hp.ratio_max, hp.adv_std_floor, hp.adam_eps) == (0.05, 20.0, 1e-3, 1e-6)
 
 
@@ -52,7 +53,7 @@ def _loss_grad_on_logits(log_ratio, adv, hp):
 
 
 def test_clipped_samples_get_no_policy_gradient_through_appo_loss():
-    hp = APPOHyperparams(entropy_coef=0.0, normalize_advantages=False)
+    hp = LearnerConfig(entropy_coef=0.0, normalize_advantages=False)
     # ratios 1.5 (adv +), 0.5 (adv -), 50 -> clamped to 20 (adv -), 1.0 (adv +)
     grad = _loss_grad_on_logits([math.log(1.5), math.log(0.5), math.log(50.0), 0.0], [1.0, -1.0, -1.0, 1.0], hp)
     assert grad[0] == 0 and grad[1] == 0 and grad[3] > 0
@@ -73,7 +74,7 @@ def test_value_clipping():
 
 
 def test_entropy_bonus_sign():
-    hp = APPOHyperparams(entropy_coef=0.5)
+    hp = LearnerConfig(entropy_coef=0.5)
     n = 8
     zeros = torch.zeros(n)
     actions = torch.zeros(n, dtype=torch.long)
@@ -102,7 +103,7 @@ def test_advantage_normalisation():
     tiny = torch.tensor([0.0, 1e-5])
     torch.testing.assert_close(normalize(tiny, 1e-3), (tiny - tiny.mean()) / 1e-3)  # std floored
     # the policy loss is invariant to an affine rescaling of the advantages
-    hp = APPOHyperparams(entropy_coef=0.0)
+    hp = LearnerConfig(entropy_coef=0.0)
     logits = torch.randn(4, 28, generator=torch.Generator().manual_seed(1))
     actions = torch.tensor([0, 1, 2, 3])
     behaviour = torch.log_softmax(logits, -1).gather(1, actions[:, None])[:, 0] + 0.05 * torch.tensor([1.0, -1.0, 2.0, 0.0])
@@ -113,7 +114,7 @@ def test_advantage_normalisation():
 
 
 def test_loss_stats_keys():
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     logits = torch.randn(3, 2, 28)
     actions = torch.zeros(3, 2, dtype=torch.long)
     z = torch.zeros(3, 2)
@@ -155,7 +156,7 @@ def make_batch(net, T=8, B=4, seed=0):
 def test_learner_step_reduces_loss():
     net = make_net()
     batch = make_batch(net)
-    hp = APPOHyperparams(lr=1e-3)
+    hp = LearnerConfig(lr=1e-3)
     opt = make_optimizer(net, hp)
     losses = [learner_step(net, opt, batch, hp) for _ in range(12)]
     for key in ("loss", "policy_loss", "value_loss", "entropy", "ratio_mean", "clip_fraction", "approx_kl", "grad_norm"):
@@ -171,7 +172,7 @@ def test_learner_step_with_bootstrap_value():
     T = batch["actions"].shape[0]
     batch["obs"] = {k: v[:T] for k, v in batch["obs"].items()}
     batch["bootstrap_value"] = torch.zeros(batch["actions"].shape[1])
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     stats = learner_step(net, make_optimizer(net, hp), batch, hp)
     assert math.isfinite(stats["loss"])
 
@@ -189,7 +190,7 @@ def _assert_unchanged(net, before):
 def test_nan_parameter_raises_and_leaves_parameters():
     net = make_net()
     batch = make_batch(net)
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     opt = make_optimizer(net, hp)
     with torch.no_grad():
         net.core.weight_hh_l0[0, 0] = float("nan")
@@ -203,7 +204,7 @@ def test_nan_reward_raises_and_leaves_parameters():
     net = make_net()
     batch = make_batch(net)
     batch["rewards"][2, 1] = float("nan")
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     before = _snapshot(net)
     with pytest.raises(FloatingPointError, match="rewards"):
         learner_step(net, make_optimizer(net, hp), batch, hp)
@@ -214,7 +215,7 @@ def test_inf_loss_raises_and_leaves_parameters():
     net = make_net()
     batch = make_batch(net)
     batch["rewards"][:] = 3e38  # finite inputs, but the squared value error overflows
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     before = _snapshot(net)
     with pytest.raises(FloatingPointError, match="loss"):
         learner_step(net, make_optimizer(net, hp), batch, hp)
@@ -224,7 +225,7 @@ def test_inf_loss_raises_and_leaves_parameters():
 def test_nan_gradient_raises_and_leaves_parameters():
     net = make_net()
     batch = make_batch(net)
-    hp = APPOHyperparams()
+    hp = LearnerConfig()
     opt = make_optimizer(net, hp)
     net.actor.weight.register_hook(lambda g: g * float("nan"))
     before = _snapshot(net)

@@ -1,7 +1,5 @@
 """The learner core (no Ray): bounded policy lag, exact optimisations vs reference, the bf16 path."""
 
-import dataclasses
-
 import torch
 
 from mmotif.actors.rollout import RolloutWorker
@@ -69,8 +67,8 @@ def test_bf16_autocast_forward_path(tmp_path):
     batch = worker.collect()
     worker.close()
     bf16, fp32 = Learner(cfg), Learner(cfg)
-    assert not bf16.hp.autocast_bf16, "bf16 autocast is for CUDA learners only"
-    bf16.hp = dataclasses.replace(bf16.hp, autocast_bf16=True)
+    assert not bf16.hp.bf16_autocast, "bf16 autocast is for CUDA learners only"
+    bf16.hp = bf16.hp.model_copy(update={"bf16_autocast": True})
     bf16_stats, fp32_stats = bf16.train([batch]), fp32.train([batch])
     assert all(p.dtype == torch.float32 for p in bf16.net.parameters())
     for key in ("loss", "value_loss", "entropy", "vs_mean"):
@@ -78,8 +76,8 @@ def test_bf16_autocast_forward_path(tmp_path):
 
 
 def test_network_shortcuts_follow_the_config(tmp_path):
-    from mmotif.learners.build import make_network
-    from mmotif.learners.network import EXACT_SHORTCUTS
+    from mmotif.models.build import make_network
+    from mmotif.models.network import EXACT_SHORTCUTS
 
     for on in (True, False):
         cfg = load_config(preset_name="local", overrides={

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from mmotif.config import RewardConfig
 from mmotif.contract import (
     LABEL_FIRST,
     LABEL_SECOND,
@@ -24,10 +25,8 @@ from mmotif.rewards.stats import (
     QUANTILE_LEVELS,
     compute_reward_stats,
     stats_from_scores,
-    threshold_quantiles,
     unique_reward_inputs,
 )
-from mmotif.config import RewardConfig
 from mmotif.rewards.training import (
     bradley_terry_loss,
     fit_skill_reward,
@@ -36,6 +35,7 @@ from mmotif.rewards.training import (
     reward_config,
     train_reward_model,
 )
+from mmotif.skills.specs import PAPER_SKILLS
 
 torch.set_num_threads(1)
 
@@ -227,16 +227,10 @@ def test_quantile_table_and_threshold():
         stats_from_scores([1.0, float("nan")], 0.85)
 
 
-def test_threshold_quantiles_per_skill():
-    skills = ["discoverer", "descender", "ascender", "worshipper", "merchant"]
-    assert threshold_quantiles(skills) == [0.95, 0.85, 0.85, 0.85, 0.85]
-    assert threshold_quantiles(["merchant", "discoverer", "newskill"]) == [0.85, 0.95, 0.85]
-    assert threshold_quantiles(skills, {"ascender": 0.99})[2] == 0.99
-    assert threshold_quantiles(["a", "b"], [0.5, 0.6]) == [0.5, 0.6]
-    with pytest.raises(ValueError, match="2 threshold quantiles for 3 skills"):
-        threshold_quantiles(["a", "b", "c"], [0.5, 0.6])
-    with pytest.raises(ValueError, match="unknown skills"):
-        threshold_quantiles(["a"], {"b": 0.5})
+def test_threshold_quantiles_are_skill_data():
+    """The paper's per-skill threshold quantiles live in the skill specs (config data), once."""
+    assert {s.name: s.threshold_quantile for s in PAPER_SKILLS} == {
+        "discoverer": 0.95, "descender": 0.85, "ascender": 0.85, "worshipper": 0.85, "merchant": 0.85}
 
 
 def test_fit_skill_reward_produces_publishable_entry():

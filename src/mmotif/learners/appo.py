@@ -13,42 +13,20 @@ bootstrapping and no recurrent state across it. Skill switches are not episode e
     L_pi  = -mean(min(ratio * A, clamp(ratio, 1/(1+eps), 1+eps) * A)),  A normalised per minibatch
     L_v   = mean(max((V - vs)^2, (V_old + clamp(V - V_old, -c, c) - vs)^2))
     L     = L_pi + value_coef * L_v - entropy_coef * H[pi]
+
+The hyperparameters are the run's `learner` section (`mmotif.config.LearnerConfig`, the paper's
+defaults), read directly; `hp.bf16_autocast` is applied as given (the Learner clears it off CUDA).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class APPOHyperparams:
-    """APPO hyperparameters; defaults are the paper's (spec §8.2)."""
-
-    lr: float = 1e-4
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-6
-    gamma: float = 0.99
-    rollout_len: int = 32  # also the BPTT length (recurrence 32)
-    batch_size: int = 4096  # samples per SGD step: 128 sequences x 32
-    num_epochs: int = 1
-    num_batches_per_iteration: int = 1
-    rho_bar: float = 1.0  # V-trace importance-weight clip
-    c_bar: float = 1.0  # V-trace trace-cutting clip
-    clip_ratio: float = 0.1  # ratio clipped to [1/(1+clip), 1+clip]
-    ratio_min: float = 0.05  # ratios clamped to [ratio_min, ratio_max] before any use
-    ratio_max: float = 20.0
-    value_clip: float = 1.0  # relative to the behaviour (old) value
-    value_coef: float = 0.5
-    entropy_coef: float = 0.003
-    max_grad_norm: float = 4.0
-    normalize_advantages: bool = True
-    adv_std_floor: float = 1e-3
-    autocast_bf16: bool = False  # the network's forward in bfloat16 autocast (meant for CUDA)
+from mmotif.config import LearnerConfig
 
 
 def forward_precision(device: torch.device, bf16: bool):
@@ -58,7 +36,7 @@ def forward_precision(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def make_optimizer(net: nn.Module, hp: APPOHyperparams) -> torch.optim.Adam:
+def make_optimizer(net: nn.Module, hp: LearnerConfig) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=hp.lr, betas=hp.adam_betas, eps=hp.adam_eps)
 
 
@@ -111,7 +89,7 @@ def normalize(advantages: Tensor, std_floor: float) -> Tensor:
 
 def appo_loss(logits: Tensor, values: Tensor, actions: Tensor, behaviour_logp: Tensor,
               old_values: Tensor, vs: Tensor, advantages: Tensor,
-              hp: APPOHyperparams) -> tuple[Tensor, dict[str, Tensor]]:
+              hp: LearnerConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """Total APPO loss and its stats (0-d tensors, no host sync). Shapes: logits (..., A);
     everything else (...).
 
@@ -165,7 +143,7 @@ def _first_nonfinite(named: list[tuple[str, Tensor]]) -> str | None:
 
 
 def learner_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Mapping[str, object],
-                 hp: APPOHyperparams) -> dict[str, float]:
+                 hp: LearnerConfig) -> dict[str, float]:
     """One APPO/V-trace SGD step over a (T, B) batch of trajectories.
 
     batch keys (tensors on the network's device):
@@ -201,7 +179,7 @@ def learner_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: Mappin
     # Forward from the stored initial state; obs[T] (if present) only yields the bootstrap.
     steps = obs["blstats"].shape[0]
     done_mask = dones if steps == T else torch.cat([dones, torch.zeros_like(dones[:1])], dim=0)
-    with forward_precision(actions.device, hp.autocast_bf16):
+    with forward_precision(actions.device, hp.bf16_autocast):
         logits, values, _ = net(obs, batch["core_state"], done_mask)
     if steps == T + 1:
         bootstrap_value = values[T].detach()

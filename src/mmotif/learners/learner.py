@@ -9,7 +9,6 @@ publishes a new policy version.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from mmotif.config import RunConfig
 from mmotif.contract import PolicyVersion, TrajectoryBatch
 from mmotif.learners.appo import learner_step, make_optimizer
-from mmotif.learners.build import appo_hyperparams, make_network
+from mmotif.models.build import make_network
 from mmotif.rewards.versions import RewardModelSet
 
 
@@ -53,8 +52,8 @@ class Learner:
         torch.manual_seed(cfg.seed)
         self.net = make_network(cfg).to(self.device)
         # bf16 autocast only where it pays (tensor cores); on CPU it is slower, so it stays off
-        self.hp = dataclasses.replace(appo_hyperparams(cfg),
-                                      autocast_bf16=cfg.learner.bf16_autocast and self.device.type == "cuda")
+        self.hp = cfg.learner if self.device.type == "cuda" else \
+            cfg.learner.model_copy(update={"bf16_autocast": False})
         self.optimizer = make_optimizer(self.net, self.hp)
         self.skills = tuple(s.name for s in cfg.skills)
         self.rewards = RewardModelSet.constant(self.skills, device=self.device)

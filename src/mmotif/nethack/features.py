@@ -27,6 +27,7 @@ BLSTATS_SCALE[[BL_HUNGER, BL_DNUM, 25]] = 1.0  # hunger, dungeon number, conditi
 FOOD_CLASS, POTION_CLASS, COIN_CLASS = 7, 8, 12  # NetHack object classes
 DOWNSTAIR_GLYPH = 2359 + 24  # GLYPH_CMAP_OFF + S_dnstair
 MINES_DNUM = 2
+UNKNOWN_BRANCH = -2  # branch_depth (the Mines-branch level) until the hero has seen the branch
 WINDOW_RADIUS = 3  # 7x7 window of the initiation functions
 
 

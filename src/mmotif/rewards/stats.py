@@ -20,42 +20,9 @@ from mmotif.rewards.model import encode_captions
 # 5%, 10%, ..., 95%: the rows of the original `train_norm_quantiles.csv`.
 QUANTILE_LEVELS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
-# Per-skill threshold quantiles of the paper (`eps_threshold_quantile`): 0.95 for the
-# discoverer, 0.85 for every other skill.
-PAPER_THRESHOLD_QUANTILES: dict[str, float] = {
-    "discoverer": 0.95, "descender": 0.85, "ascender": 0.85, "worshipper": 0.85, "merchant": 0.85,
-}
-DEFAULT_THRESHOLD_QUANTILE = 0.85
-
 # Floor on the standard deviation: a degenerate model (all unique inputs score the same)
 # would otherwise divide by zero. The RL transform also clamps the normalised reward.
 MIN_STD = 1e-6
-
-
-def threshold_quantiles(skills: Sequence[str],
-                        quantiles: Sequence[float] | Mapping[str, float] | None = None) -> list[float]:
-    """Threshold quantile per skill, in `skills` order.
-
-    `quantiles` may be a list in skill order (as `eps_threshold_quantile`), a mapping from
-    skill name (missing names fall back to the paper's value), or None (the paper's values;
-    skills the paper does not have get 0.85).
-    """
-    if quantiles is None or isinstance(quantiles, Mapping):
-        table = dict(PAPER_THRESHOLD_QUANTILES)
-        if quantiles is not None:
-            unknown = set(quantiles) - set(skills)
-            if unknown:
-                raise ValueError(f"threshold quantiles given for unknown skills {sorted(unknown)}")
-            table.update(quantiles)
-        out = [float(table.get(s, DEFAULT_THRESHOLD_QUANTILE)) for s in skills]
-    else:
-        out = [float(q) for q in quantiles]
-        if len(out) != len(skills):
-            raise ValueError(f"{len(out)} threshold quantiles for {len(skills)} skills {list(skills)}")
-    for s, q in zip(skills, out):
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"threshold quantile for {s!r} must be in [0, 1], got {q}")
-    return out
 
 
 @dataclass(frozen=True)

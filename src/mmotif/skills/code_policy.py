@@ -84,6 +84,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmotif.nethack.features import UNKNOWN_BRANCH
 from mmotif.skills.sandbox import (
     DEFAULT_BUDGET_S,
     MAX_ITEMS,
@@ -110,7 +111,6 @@ __all__ = [
 CLASS_NAME = "NetHackPlayer"
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 DEFAULT_PRECONDITION_SKILLS = ("worshipper", "merchant")
-UNKNOWN_BRANCH = -2
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _PLAIN_TYPES = (bool, int, float, str, type(None))
 MAX_STATE_ITEMS = MAX_ITEMS        # what a player may keep between calls (nested items counted)

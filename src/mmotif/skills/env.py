@@ -30,15 +30,14 @@ from mmotif.contract import Caption, DEFAULT_CROP, observation_spec
 from mmotif.nethack import actions as A
 from mmotif.nethack.captions import game_state, make_caption
 from mmotif.nethack.features import (
-    BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, InventoryCounts, MessageCounter,
-    sees_branch_staircase, window_around_hero, window_slices, write_blstats, write_crop,
+    BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, UNKNOWN_BRANCH, InventoryCounts,
+    MessageCounter, sees_branch_staircase, window_around_hero, window_slices, write_blstats, write_crop,
 )
 from mmotif.nethack.game import MAX_RESET_KEYS, NetHackGame, ResetError
 from mmotif.skills.code_policy import CodePolicy, CodePolicyError, SurroundingsView
 from mmotif.skills.competence import CompetenceCounter
 from mmotif.skills.specs import SkillSet
 
-UNKNOWN_BRANCH = -2
 PRECONDITION_CACHE_SIZE = 4096
 MAX_GAME_REBUILDS = 3  # fresh NLE instances one reset may try before the env gives up
 
