@@ -19,8 +19,9 @@ from mmotif.contract import (
     Caption,
     CaptionPair,
     Preference,
+    encode_reward_input,
 )
-from mmotif.rewards.model import encode_captions, encode_message
+from mmotif.rewards.model import encode_captions
 from mmotif.rewards.stats import (
     QUANTILE_LEVELS,
     compute_reward_stats,
@@ -73,11 +74,18 @@ def test_bt_tie_is_half_half():
 
 
 # -------------------------------------------------------------------- encoding
-def test_encode_message_and_captions():
-    codes = encode_message("Hi é!")
+def test_encode_reward_input_and_captions():
+    codes, diffstats = encode_reward_input("Hi é!", 3)
     assert codes.dtype == np.uint8 and codes.shape == (256,)
     assert bytes(codes[:5]) == b"Hi ?!" and not codes[5:].any()
-    assert bytes(encode_message("x" * 300)) == b"x" * 256
+    assert diffstats.dtype == np.float32 and diffstats.tolist() == [1.0, 0, 0, 0, 0]
+    assert bytes(encode_reward_input("x" * 300, 0)[0]) == b"x" * 256
+    # the env's message buffer (written in place into an observation's rows) reads the same
+    buffer = np.zeros(256, np.uint8)
+    buffer[:5] = np.frombuffer(b"Hi ?!", np.uint8)
+    rows = (np.full(256, 7, np.uint8), np.full(5, 9.0, np.float32))
+    encode_reward_input(buffer, -2, out=rows)
+    assert np.array_equal(rows[0], codes) and rows[1].tolist() == [-1.0, 0, 0, 0, 0]
     msg, diff = encode_captions([Caption("t1", "You descend the stairs.", 3), Caption("t2", "", -1),
                                  Caption("t3", "abc", 0)])
     assert msg.dtype == torch.uint8 and msg.shape == (3, 256)

@@ -138,6 +138,28 @@ class RewardModelVersion:
 REWARD_INPUT_KEYS = ("message", "diffstats", "msg_count")
 
 
+def encode_reward_input(message: str | bytes | np.ndarray, depth_change: int,
+                        out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What a reward model reads of one moment (§4.1): (message uint8 (256,), diffstats
+    float32 (5,)). The one encoding of the env's observations and the reward trainer's captions.
+
+    `message`: text (non-ASCII characters become '?', as NLE messages are ASCII), bytes, or
+    the env's uint8 message buffer; zero padded / truncated to MESSAGE_LEN. `diffstats` is
+    [sign(depth_change), 0, 0, 0, 0]. `out`: rows to write into (e.g. an observation's).
+    """
+    msg, diff = out if out is not None else (np.zeros(MESSAGE_LEN, np.uint8), np.zeros(DIFFSTATS_LEN, np.float32))
+    if isinstance(message, np.ndarray) and message.shape == msg.shape:
+        np.copyto(msg, message)
+    else:
+        raw = message.encode("ascii", errors="replace") if isinstance(message, str) else bytes(message)
+        raw = raw[:MESSAGE_LEN]
+        msg[:] = 0
+        msg[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    diff[:] = 0
+    diff[0] = (depth_change > 0) - (depth_change < 0)
+    return msg, diff
+
+
 @dataclass
 class TrajectoryBatch:
     """T steps of B envs from one rollout actor; numpy arrays, time-major.

@@ -4,7 +4,7 @@ Modules (import them directly; this package imports nothing so light processes s
 annotators can use `mmotif.rewards.store` without loading torch):
 
 - `model`:     `RewardModel` (§4.2, over `mmotif.models.message.MessageEncoder`) and
-               its input encoding (`encode_message`, `diffstats_of`, `encode_captions`)
+               `encode_captions` (the input encoding is `mmotif.contract.encode_reward_input`)
 - `store`:     `PreferenceStore`, the durable append-only SQLite label store
 - `training`:  Bradley-Terry loss with ties, `train_reward_model`,
                `fit_skill_reward` (§4.3-4.4)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, Caption
+from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, Caption, encode_reward_input
 from mmotif.models.layers import orthogonal_init_
 from mmotif.models.message import MessageEncoder
 
@@ -50,31 +50,12 @@ class RewardModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- inputs
-def encode_message(text: str, length: int = MESSAGE_LEN) -> np.ndarray:
-    """Message text -> uint8 char codes, zero padded / truncated to `length`.
-
-    Non-ASCII characters become '?' (NLE messages are ASCII; this keeps dataset strings and
-    the env's message buffer on the same alphabet).
-    """
-    codes = np.zeros(length, dtype=np.uint8)
-    raw = text.encode("ascii", errors="replace")[:length]
-    codes[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return codes
-
-
-def diffstats_of(depth_change: int) -> np.ndarray:
-    """[sign(depth change), 0, 0, 0, 0] as float32 (spec §4.1)."""
-    d = np.zeros(DIFFSTATS_LEN, dtype=np.float32)
-    d[0] = float(np.sign(depth_change))
-    return d
-
-
 def encode_captions(captions: Sequence[Caption]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (message uint8 (N, 256), diffstats float32 (N, 5)), the reward-model inputs."""
+    """Captions -> (message uint8 (N, 256), diffstats float32 (N, 5)), the reward-model inputs
+    (`mmotif.contract.encode_reward_input`, the env's own encoding)."""
     n = len(captions)
     msg = np.zeros((n, MESSAGE_LEN), dtype=np.uint8)
     diff = np.zeros((n, DIFFSTATS_LEN), dtype=np.float32)
     for i, c in enumerate(captions):
-        msg[i] = encode_message(c.message)
-        diff[i, 0] = float(np.sign(c.depth_change))
+        encode_reward_input(c.message, c.depth_change, out=(msg[i], diff[i]))
     return torch.from_numpy(msg), torch.from_numpy(diff)

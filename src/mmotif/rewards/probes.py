@@ -19,15 +19,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmotif.rewards.model import diffstats_of, encode_message
+from mmotif.contract import encode_reward_input
 from mmotif.rewards.versions import RewardModelSet
 from mmotif.skills.specs import Probe, SkillSpec
 
 
 def _encode(probes: Sequence[Probe]) -> tuple[torch.Tensor, torch.Tensor]:
-    msg = np.stack([encode_message(p.message) for p in probes])
-    diff = np.stack([diffstats_of(p.depth_change) for p in probes])
-    return torch.from_numpy(msg), torch.from_numpy(diff)
+    rows = [encode_reward_input(p.message, p.depth_change) for p in probes]
+    return torch.from_numpy(np.stack([m for m, _ in rows])), torch.from_numpy(np.stack([d for _, d in rows]))
 
 
 def probe_margins(models: RewardModelSet, skills: Sequence[SkillSpec]) -> dict[str, float | None]:

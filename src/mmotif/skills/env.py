@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from mmotif.contract import Caption, DEFAULT_CROP, observation_spec
+from mmotif.contract import Caption, DEFAULT_CROP, encode_reward_input, observation_spec
 from mmotif.nethack import actions as A
 from mmotif.nethack.captions import game_state, make_caption
 from mmotif.nethack.features import (
@@ -213,9 +213,8 @@ class SkillEnv(gym.Env):
         blstats = np.asarray(bl) if game.done else game.blstats  # see advance(): last live stats
         write_crop(game.tty_chars, game.tty_colors, bl[BL_X], bl[BL_Y], out["crop_chars"], out["crop_colors"])
         write_blstats(blstats, game.spell_type, self.inventory, self._skill_id, out["blstats"])
-        np.copyto(out["message"], game.message)
-        change = bl[BL_DEPTH] - self._acting_start_depth
-        out["diffstats"][0] = (change > 0) - (change < 0)
+        encode_reward_input(game.message, bl[BL_DEPTH] - self._acting_start_depth,
+                            out=(out["message"], out["diffstats"]))
         out["msg_count"][...] = self._msg_count
         out["skill"][...] = self._skill_id
 
