@@ -130,7 +130,8 @@ def cmd_annotate(args) -> int:
     cfg = _config(args)
     if not _extras_installed(cfg):
         return 2
-    from mmotif.annotators.offline import CaptionsFileError, annotate_file
+    from mmotif.annotators.offline import annotate_file
+    from mmotif.contract import CaptionsFileError
     from mmotif.rewards.store import PreferenceStoreError
 
     try:

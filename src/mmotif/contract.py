@@ -20,7 +20,10 @@ K is the number of skills (5 for the paper's set).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -84,6 +87,47 @@ class Caption:
     def reward_key(self) -> str:
         """Identity of the reward-model input (dedup key for normalisation, §4.5)."""
         return f"{self.message}\x00{self.depth_change}"
+
+
+# ------------------------------------------------------------------ captions files
+# JSON lines, one caption per line, its fields by name: {"text", "message", "depth_change"}.
+# `mmotif run` writes the captions it samples to `<run_dir>/captions.jsonl`; `mmotif annotate`
+# reads such a file.
+class CaptionsFileError(ValueError):
+    pass
+
+
+def append_captions(path: str | Path, captions: Iterable[Caption]) -> None:
+    with open(path, "a") as f:
+        for c in captions:
+            f.write(json.dumps(asdict(c)) + "\n")
+
+
+def read_captions(path: str | Path) -> list[Caption]:
+    names = [f.name for f in fields(Caption)]
+    types = {f.name: (int if f.type in (int, "int") else str) for f in fields(Caption)}
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise CaptionsFileError(f"captions file not found: {path}") from None
+    except IsADirectoryError:
+        raise CaptionsFileError(f"captions file {path} is a directory, not a JSON-lines file") from None
+    except UnicodeDecodeError as err:
+        raise CaptionsFileError(f"captions file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+    except OSError as err:
+        raise CaptionsFileError(f"captions file {path} cannot be read ({err.strerror or err})") from None
+    captions = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions.append(Caption(**{n: types[n](row[n]) for n in names}))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CaptionsFileError(
+                f"{path}:{number}: not a caption ({type(err).__name__}: {err}); expected a JSON "
+                f"object with {', '.join(map(repr, names))}") from None
+    return captions
 
 
 # Preference labels (§2.4): which caption of a pair better fits the skill.

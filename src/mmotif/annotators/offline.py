@@ -1,54 +1,17 @@
 """Offline annotation and reward training: `mmotif annotate` and `mmotif train-rewards`.
 
-Captions files are JSON lines, one caption per line: {"text", "message", "depth_change"}.
-`mmotif run` writes the captions it samples to `<run_dir>/captions.jsonl` in this format.
+Captions files are JSON lines, read and written by `mmotif.contract` (`read_captions`,
+`append_captions`); `mmotif run` writes the captions it samples to `<run_dir>/captions.jsonl`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from mmotif.config import RunConfig
-from mmotif.contract import Caption
-
-
-class CaptionsFileError(ValueError):
-    pass
-
-
-def read_captions(path: Path) -> list[Caption]:
-    captions = []
-    try:
-        lines = Path(path).read_bytes().decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise CaptionsFileError(f"captions file not found: {path}") from None
-    except IsADirectoryError:
-        raise CaptionsFileError(f"captions file {path} is a directory, not a JSON-lines file") from None
-    except UnicodeDecodeError as err:
-        raise CaptionsFileError(f"captions file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
-    except OSError as err:
-        raise CaptionsFileError(f"captions file {path} cannot be read ({err.strerror or err})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            captions.append(Caption(text=str(row["text"]), message=str(row["message"]),
-                                    depth_change=int(row["depth_change"])))
-        except (ValueError, KeyError, TypeError) as err:
-            raise CaptionsFileError(
-                f"{path}:{number}: not a caption ({type(err).__name__}: {err}); expected a JSON "
-                'object with "text", "message" and "depth_change"') from None
-    return captions
-
-
-def append_captions(path: Path, captions: list[Caption]) -> None:
-    with open(path, "a") as f:
-        for c in captions:
-            f.write(json.dumps({"text": c.text, "message": c.message, "depth_change": c.depth_change}) + "\n")
+from mmotif.contract import CaptionsFileError, read_captions
 
 
 def make_backend_from_config(cfg: RunConfig):
