@@ -310,7 +310,7 @@ class Driver:
                 if ref not in self._pending:  # dropped with its dead actor's other rollouts
                     continue
                 actor, side_log = self._pending.pop(ref)
-                if not self._rollout_ok(ref, actor):
+                if not self._rollout_ok(side_log, actor):
                     continue
                 self._last_rollout_at[actor] = time.time()
                 pending_train.append(self.learner.add.remote(ref))
@@ -356,11 +356,13 @@ class Driver:
                 ray.kill(actor, no_restart=False)
                 self._last_rollout_at[actor] = float("inf")  # kill once
 
-    def _rollout_ok(self, ref, actor) -> bool:
+    def _rollout_ok(self, side_log, actor) -> bool:
         """False when the rollout failed because its actor died (Ray restarts it; it gets
-        work again once it answers, see `_answering`)."""
+        work again once it answers, see `_answering`). Asks the rollout's small side log,
+        which fails with it: the trajectory itself goes to the learner by ref and never
+        travels to the driver's node."""
         try:
-            ray.get(ref)  # zero-copy for the numpy arrays: only surfaces a failure
+            ray.get(side_log)
             return True
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             self.counters.actor_restarts += 1

@@ -22,7 +22,7 @@ def _config(data: dict) -> RunConfig:
     return build_config(data, "config sent by the driver")
 
 
-@ray.remote(max_restarts=3, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)  # restarts without limit: a spot fleet would spend any budget
 class RolloutActor:
     def __init__(self, config: dict, actor_id: int, seed: int):
         from mmotif.actors.rollout import RolloutWorker
@@ -84,7 +84,7 @@ class LearnerActor:
                 "reward_model_version": lr.reward_version}
 
 
-@ray.remote(max_restarts=3, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)  # restarts without limit: a spot fleet would spend any budget
 class AnnotatorActor:
     """One LLM engine; labels batches of caption pairs. Scores are cached per caption."""
 
