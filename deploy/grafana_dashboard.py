@@ -18,7 +18,7 @@ from mmotif.runtime.metrics import COUNTER, METRICS
 LAYOUT = [
     ("Throughput", ["mmotif_env_steps_per_second", "mmotif_env_steps_total",
                     "mmotif_policy_version", "mmotif_policy_lag"]),
-    ("Episodes and skills", ["mmotif_episode_return", "mmotif_episode_length",
+    ("Episodes and skills", ["mmotif_episode_score", "mmotif_episode_length",
                              "mmotif_skill_reward", "mmotif_skill_usage",
                              "mmotif_skill_switches"]),
     ("Learner", ["mmotif_learner_loss"]),

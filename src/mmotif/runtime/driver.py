@@ -473,6 +473,7 @@ class Driver:
                 self._competence_recent.add_episode(episode)
             self.metrics.record(self.counters.env_steps, {
                 "episode_length": float(np.mean([e["episode_steps"] for e in episodes])),
+                "episode_score": float(np.mean([e["score"] for e in episodes])),
                 "skill_switches": float(np.mean([e["skill_switches"] for e in episodes])),
                 "episodes_total": self.counters.episodes,
                 **metric_values(self._competence.rates(), "competence"),

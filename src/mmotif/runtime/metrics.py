@@ -22,8 +22,11 @@ class MetricSpec:
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mmotif_env_steps_total", COUNTER, "env steps consumed by the learner"),
-    MetricSpec("mmotif_env_steps_per_second", GAUGE, "env steps per second, whole run"),
-    MetricSpec("mmotif_episode_return", GAUGE, "mean intrinsic return of finished episodes"),
+    MetricSpec("mmotif_env_steps_per_second", GAUGE, "env steps per second over the last 30 s"),
+    # (no episode return: the intrinsic reward is computed on the learner, per batch, and
+    # never summed per episode; `skill_reward` is its per-step mean)
+    MetricSpec("mmotif_episode_score", GAUGE,
+               "mean in-game score gained by finished episodes (the env reward; weight 0 in training)"),
     MetricSpec("mmotif_episode_length", GAUGE, "mean length of finished episodes (env steps)"),
     MetricSpec("mmotif_skill_reward", GAUGE, "mean intrinsic reward per step of a skill", ("skill",)),
     MetricSpec("mmotif_skill_usage", GAUGE, "fraction of env steps a skill was active", ("skill",)),
