@@ -27,8 +27,8 @@ from pathlib import Path
 from mmotif.config import load_config
 from mmotif.checkpoint import latest_checkpoint
 from mmotif.evaluation.report import read_metrics
+from mmotif.sandbox import UnsafeCodeError
 from mmotif.skills.build import make_skill_env
-from mmotif.skills.sandbox import UnsafeCodeError
 
 
 def store_keys(path: Path) -> set[str]:

@@ -8,7 +8,7 @@ import timeit
 
 import pytest
 
-from mmotif.skills.sandbox import (
+from mmotif.sandbox import (
     CodePolicyError,
     PolicyTimeout,
     Sandbox,
@@ -396,7 +396,7 @@ class _Liar(int):
     ("_guarded_range", (_Liar(10**10),), "range"),
 ])
 def test_size_guards_use_plain_values_not_the_objects_comparisons(guard, args, words):
-    from mmotif.skills import sandbox as sandbox_module
+    from mmotif.sandbox import guards as sandbox_module
 
     t0 = time.perf_counter()
     with pytest.raises(sandbox_module.SandboxLimitError, match=words):
@@ -405,7 +405,7 @@ def test_size_guards_use_plain_values_not_the_objects_comparisons(guard, args, w
 
 
 def test_sized_str_methods_use_plain_values():
-    from mmotif.skills import sandbox as sandbox_module
+    from mmotif.sandbox import guards as sandbox_module
 
     center = sandbox_module._getattr_("a", "center")
     with pytest.raises(sandbox_module.SandboxLimitError, match="str.center"):

@@ -7,10 +7,10 @@ from mmotif.config import ConfigError, load_config
 from mmotif.contract import observation_spec
 from mmotif.nethack import actions as A
 from mmotif.nethack.features import DOWNSTAIR_GLYPH, sees_branch_staircase, window_around_hero
+from mmotif.sandbox import UnsafeCodeError
 from mmotif.skills.build import make_skill_env, make_vector_env
 from mmotif.skills.code_policy import CodePolicy, builtin_source
 from mmotif.skills.env import SkillEnv
-from mmotif.skills.sandbox import UnsafeCodeError
 from mmotif.skills.specs import SkillSet
 from wizard import screen, teleport_onto, wish
 

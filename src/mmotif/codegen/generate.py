@@ -43,8 +43,8 @@ from mmotif.codegen.runner import RunLimits, run_unit_test
 from mmotif.codegen.simulate import format_trace, simulate
 from mmotif.config import CoderConfig, resolve_config
 from mmotif.llm.weights import DEFAULT_MODEL
+from mmotif.sandbox import CodePolicyError, UnsafeCodeError
 from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source
-from mmotif.skills.sandbox import CodePolicyError, UnsafeCodeError
 
 __all__ = [
     "PlanResult",

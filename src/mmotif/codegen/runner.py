@@ -2,11 +2,11 @@
 
 Two layers, each tested against hostile code:
 
-1. **The code-policy sandbox** (:mod:`mmotif.skills.sandbox`, RestrictedPython): imports,
+1. **The code-policy sandbox** (:mod:`mmotif.sandbox`, RestrictedPython): imports,
    ``open``/``exec``/``eval``, dunder walks and the like are refused at compile time; loops
    and calls are under a time budget; single allocations are size-guarded. The unit test
    therefore follows the same rules as policy code (``random`` and ``print`` are provided).
-2. **The subprocess**: a fresh ``python -I -B`` (isolated: no environment variables, no
+2. **The subprocess** (:mod:`mmotif.sandbox.child`): a fresh ``python -I -B -m`` (isolated: no environment variables, no
    user site, no bytecode written) in an empty temporary folder, with a minimal environment,
    no stdin, and limits set by ``resource.setrlimit`` in the child before it reads the code:
    CPU seconds (``RLIMIT_CPU``: SIGXCPU, then SIGKILL), address space (``RLIMIT_AS``: memory
@@ -30,9 +30,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from mmotif.sandbox.child import RESULT_MARK
+
 __all__ = ["RunLimits", "TestRun", "check_policy", "run_unit_test"]
 
 MAX_TRACE_CHARS = 20_000
+CHILD_MODULE = "mmotif.sandbox.child"  # limits first, then the request from stdin
 
 
 @dataclass(frozen=True)
@@ -66,70 +69,12 @@ class TestRun:
         return asdict(self)
 
 
-# The child: limits first, then read the code, run it in the sandbox, print one JSON line.
-_CHILD = r"""
-import json, resource, sys
-cpu, mem = int(sys.argv[1]), int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
-request = json.loads(sys.stdin.read())
-from mmotif.skills.sandbox import Sandbox, UnsafeCodeError, PolicyTimeout, CodePolicyError
-box = Sandbox("<generated>", seed=request["seed"], budget_s=request["budget_s"])
-result = {"status": "ok", "error": ""}
-try:
-    box.exec_source(request["code"], budget_s=request["budget_s"])
-except UnsafeCodeError as err:
-    result = {"status": "refused", "error": str(err)}
-except PolicyTimeout as err:
-    result = {"status": "timeout", "error": str(err)}
-except CodePolicyError as err:
-    if "MemoryError" in str(err):
-        result = {"status": "killed", "error": "address-space limit of %d MB reached: %s" % (mem >> 20, err)}
-    else:
-        result = {"status": "error", "error": str(err)}
-except MemoryError:
-    result = {"status": "killed", "error": "out of memory (address-space limit)"}
-try:
-    lines = list(box.printed)
-except MemoryError:
-    lines = []
-result["printed"] = lines
-sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
-"""
-
-
-# The policy check: the same limits, then a CodePolicy built (its dry run, randomised) from
-# the source and the skill names.
-_POLICY_CHILD = _CHILD[:_CHILD.index("request = json.loads")] + r"""
-request = json.loads(sys.stdin.read())
-from mmotif.skills.code_policy import CodePolicy
-from mmotif.skills.sandbox import UnsafeCodeError, PolicyTimeout, CodePolicyError
-result = {"status": "ok", "error": "", "printed": []}
-try:
-    policy = CodePolicy(request["code"], request["skills"], request["with_precondition"],
-                        name=request["name"], seed=request["seed"], budget_s=request["budget_s"])
-    result["printed"] = policy.printed
-except UnsafeCodeError as err:
-    result = {"status": "refused", "error": str(err)}
-except PolicyTimeout as err:
-    result = {"status": "timeout", "error": str(err)}
-except CodePolicyError as err:
-    result = {"status": "error", "error": str(err)}
-except MemoryError:
-    result = {"status": "killed", "error": "out of memory (address-space limit of %d MB)" % (mem >> 20)}
-sys.stdout.write("\n@@RESULT@@" + json.dumps(result) + "\n")
-"""
-
-
 def check_policy(source: str, skill_names, skills_with_precondition, limits: RunLimits = RunLimits(),
                  name: str = "<generated>", seed: int = 0, budget_s: float = 0.05) -> TestRun:
     """Load `source` as a CodePolicy (compile, module code, dry run) in the limited subprocess."""
     request = {"code": source, "skills": list(skill_names), "with_precondition": list(skills_with_precondition),
                "name": name, "seed": seed, "budget_s": budget_s}
-    return _run_child(_POLICY_CHILD, request, limits)
+    return _run_child("policy", request, limits)
 
 
 def _child_env() -> dict[str, str]:
@@ -149,12 +94,12 @@ def _signal_name(code: int) -> str:
 
 def run_unit_test(code: str, limits: RunLimits = RunLimits(), seed: int = 0) -> TestRun:
     """Run `code` (module level: the class and its test) in the sandboxed subprocess."""
-    return _run_child(_CHILD, {"code": code, "seed": seed, "budget_s": limits.budget_s}, limits)
+    return _run_child("unit", {"code": code, "seed": seed, "budget_s": limits.budget_s}, limits)
 
 
-def _run_child(child: str, request: dict, limits: RunLimits) -> TestRun:
+def _run_child(kind: str, request: dict, limits: RunLimits) -> TestRun:
     request = json.dumps(request)
-    argv = [sys.executable, "-I", "-B", "-c", child, str(int(limits.cpu_s)),
+    argv = [sys.executable, "-I", "-B", "-m", CHILD_MODULE, kind, str(int(limits.cpu_s)),
             str(int(limits.memory_mb) * 1024 * 1024)]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mmotif-codegen-") as cwd:
@@ -167,7 +112,7 @@ def _run_child(child: str, request: dict, limits: RunLimits) -> TestRun:
                            f"killed after the wall-clock limit of {limits.wall_s:g} s",
                            None, time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
-    head, sep, tail = proc.stdout.rpartition("\n@@RESULT@@")
+    head, sep, tail = proc.stdout.rpartition(RESULT_MARK)
     if sep:
         try:
             result = json.loads(tail)

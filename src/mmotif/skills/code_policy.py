@@ -4,7 +4,7 @@ The code-policy API
 ===================
 
 A code policy is Python source defining one class, ``NetHackPlayer``, run in the sandbox
-of :mod:`mmotif.skills.sandbox` (no imports, no ``_`` names, a time budget per call; a
+of :mod:`mmotif.sandbox` (no imports, no ``_`` names, a time budget per call; a
 seeded ``random`` global with ``choice``, ``randint``, ``random``, ``uniform``, ``shuffle``
 is provided, and ``print`` output is kept on ``CodePolicy.printed``). The class must be
 constructible without arguments. Its methods:
@@ -85,16 +85,8 @@ from pathlib import Path
 import numpy as np
 
 from mmotif.nethack.features import UNKNOWN_BRANCH
-from mmotif.skills.sandbox import (
-    DEFAULT_BUDGET_S,
-    MAX_ITEMS,
-    CodePolicyError,
-    _Weight,
-    PolicyTimeout,
-    Sandbox,
-    SandboxClass,
-    UnsafeCodeError,
-)
+from mmotif.sandbox import DEFAULT_BUDGET_S, MAX_ITEMS, CodePolicyError, PolicyTimeout, Sandbox, UnsafeCodeError
+from mmotif.sandbox.guards import SandboxClass, _Weight
 
 __all__ = [
     "BUILTIN_DIR",

@@ -1,7 +1,7 @@
 # The training-time policy over skills (spec §6.1, §6.2), written for mmotif.
 #
 # Package data: mmotif loads this file as text and runs it in the code-policy sandbox
-# (mmotif.skills.sandbox); it is never imported. CodePolicy.exploration() appends the
+# (mmotif.sandbox); it is never imported. CodePolicy.exploration() appends the
 # fragments initiation_termination.py and initial_values.py to this class body.
 #
 # Schedule: explore a level with the discoverer, then change level; sweep the depths
