@@ -10,7 +10,7 @@ import time
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
+from ray.cluster_utils import AutoscalingCluster, Cluster
 
 from mmotif.config import load_config
 from mmotif.runtime import driver as driver_module
@@ -60,3 +60,63 @@ def test_cpus_added_mid_run_become_rollout_actors(cluster, tmp_path, monkeypatch
     assert ray.get(new.env_steps.remote(), timeout=30) > 0, "the new actor should produce trajectories"
     run.join(timeout=120)
     assert result["summary"]["env_steps"] > 0
+
+
+class FakeAutoscalingCluster(AutoscalingCluster):
+    """Ray's fake multi-node autoscaler. The PyPI wheel lacks the base config it reads
+    (fake_multi_node/example.yaml), so the fields that provider needs are given here."""
+
+    def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **extra):
+        return {
+            "cluster_name": "mmotif-fake", "max_workers": 8, "upscaling_speed": 1.0,
+            "idle_timeout_minutes": 10, "head_node_type": "ray.head.default",
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": {
+                **worker_node_types,
+                "ray.head.default": {"resources": head_resources, "node_config": {}, "max_workers": 0},
+            },
+            "auth": {"ssh_user": "nobody"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+            "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+            **extra,
+        }
+
+
+def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp_path, monkeypatch):
+    """Ray's fake autoscaler (real raylets on this machine, launched on demand): a head with
+    room for the learner and one rollout actor, worker nodes of 1 CPU from zero. The driver's
+    `request_resources` for `actors.max_actors` makes the autoscaler launch workers, and the
+    run puts rollout actors on them."""
+    monkeypatch.setattr(driver_module, "GROWTH_CHECK_S", 1.0)
+    fake = FakeAutoscalingCluster(
+        head_resources={"CPU": 2},
+        worker_node_types={"cpu_worker": {"resources": {"CPU": 1}, "node_config": {},
+                                          "min_workers": 0, "max_workers": 2}})
+    fake.start()
+    try:
+        cfg = load_config(preset_name="local", overrides={
+            "cluster": {"address": "auto"},
+            "annotator": {"num_annotators": 0},
+            "actors": {"num_actors": "auto", "max_actors": 3, "envs_per_actor": 2},
+            "learner": {"batch_size": 64, "rollout": 16},
+            "evaluation": {"tasks": []},
+            "time_limit_s": 90,
+            "paths": {"run_dir": str(tmp_path / "run")},
+        })
+        driver = Driver(cfg)
+        result = {}
+        run = threading.Thread(target=lambda: result.update(summary=driver.run()), daemon=True)
+        run.start()
+        deadline = time.time() + 85
+        while len(getattr(driver, "actors", [])) < 3 and time.time() < deadline:
+            time.sleep(1.0)
+        workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU") == 1.0]
+        assert workers, "the autoscaler launched no worker node"
+        assert len(driver.actors) == 3, f"{len(driver.actors)} rollout actors; max_actors is 3"
+        run.join(timeout=150)
+        assert result["summary"]["env_steps"] > 0
+    finally:
+        ray.shutdown()
+        fake.shutdown()

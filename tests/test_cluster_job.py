@@ -529,3 +529,15 @@ def test_job_commands_explain_address_and_token_errors(ray_cluster):
     assert r.returncode == 2 and "RAY_AUTH_TOKEN" in r.stderr, r.stderr
     r = c.cli("status", "nope", "--address", c.address)
     assert r.returncode == 2 and "no job 'nope'" in r.stderr
+
+
+def test_autoscaler_bundles_cover_the_plan_at_max_actors():
+    plan = cl.ActorPlan(num_rollout_actors=1, num_annotators=1, learner_device="cuda")
+    cfg = _cfg(actors={"num_actors": "auto", "max_actors": 4, "threads_per_actor": 2})
+    bundles = cl.autoscaler_bundles(cfg, plan)
+    assert bundles[0] == {"CPU": float(cl.LEARNER_CPUS), "GPU": 1.0}
+    assert bundles[-4:] == [{"CPU": 2.0}] * 4
+    assert len(bundles) == 1 + 1 + 1 + 4  # learner, annotator, reward trainer, rollout actors
+    assert cl.autoscaler_bundles(_cfg(actors={"num_actors": "auto"}), plan) == []  # nothing asked
+    assert cl.autoscaler_bundles(_cfg(actors={"num_actors": 2, "max_actors": 4}), plan) == []
+    assert cl.new_rollout_actors(cfg, {"CPU": 20.0}, running=3) == 1  # grows up to max_actors only

@@ -260,6 +260,9 @@ class ActorsConfig(_Section):
     num_actors: int | Literal["auto"] = Field("auto", description="rollout actors (>= 1), or auto: one per free CPU")
     envs_per_actor: int = Field(20, gt=0)
     threads_per_actor: int = Field(1, ge=1)
+    max_actors: int | None = Field(
+        None, ge=1, description="with num_actors: auto, ask the Ray autoscaler for CPUs for this many rollout "
+        "actors (plus the learner and annotators) and grow onto nodes as they join; None: use what is there")
     rollout_timeout_s: float = Field(
         120.0, gt=0, description="a rollout taking longer is a stalled env: its actor is killed and restarted")
     rollouts_in_flight: int = Field(

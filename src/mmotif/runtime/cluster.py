@@ -172,6 +172,8 @@ def plan_actors(cfg: RunConfig, ray_cluster_resources: Mapping[str, Any], *,
     free = cpus - reserved
     if cfg.actors.num_actors == "auto":
         num_rollout = max(1, math.floor(free / per_actor + 1e-9))
+        if cfg.actors.max_actors is not None:
+            num_rollout = min(num_rollout, cfg.actors.max_actors)
         if free < per_actor:
             log.warning(
                 "only %.3g CPUs free after the learner (%.3g) and %d annotator(s) + reward "
@@ -221,7 +223,30 @@ def annotator_placement_group(tp: int, cpus_per_bundle: float = VLLM_ANNOTATOR_C
 def new_rollout_actors(cfg: RunConfig, available: Mapping[str, Any], running: int) -> int:
     """How many rollout actors to add when the autoscaler brought CPUs (`available` =
     `ray.available_resources()` now, with the running actors' CPUs already taken).
-    Only with `actors.num_actors: auto`; a fixed count never grows."""
+    Only with `actors.num_actors: auto`, and never past `actors.max_actors`; a fixed count
+    never grows."""
     if cfg.actors.num_actors != "auto":
         return max(0, int(cfg.actors.num_actors) - running)
-    return max(0, math.floor(_num(available, "CPU") / cfg.actors.threads_per_actor + 1e-9))
+    fit = max(0, math.floor(_num(available, "CPU") / cfg.actors.threads_per_actor + 1e-9))
+    if cfg.actors.max_actors is not None:
+        fit = min(fit, max(0, cfg.actors.max_actors - running))
+    return fit
+
+
+def autoscaler_bundles(cfg: RunConfig, plan: ActorPlan) -> list[dict[str, float]]:
+    """What to ask the autoscaler for (`ray.autoscaler.sdk.request_resources(bundles=...)`):
+    the learner, the annotators and reward trainer of `plan`, and `actors.max_actors` rollout
+    actors. Empty without `actors.max_actors` or with a fixed `num_actors` (nothing to grow)."""
+    a = cfg.actors
+    if a.num_actors != "auto" or a.max_actors is None:
+        return []
+    learner = {"CPU": float(LEARNER_CPUS), **({"GPU": 1.0} if plan.learner_device == "cuda" else {})}
+    bundles = [learner]
+    if plan.num_annotators:
+        if cfg.annotator.backend == "vllm":
+            for _ in range(plan.num_annotators):
+                bundles += annotator_placement_group(cfg.annotator.tensor_parallel_size)["bundles"]
+        else:
+            bundles += [{"CPU": float(annotator_cpus(cfg))}] * plan.num_annotators
+        bundles.append({"CPU": float(REWARD_TRAINER_CPUS)})
+    return bundles + [{"CPU": float(a.threads_per_actor)}] * a.max_actors

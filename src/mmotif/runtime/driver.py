@@ -25,14 +25,14 @@ import ray
 import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from mmotif.annotators.offline import append_captions
 from mmotif.annotators.sampler import PairSampler
 from mmotif.checkpoint import load_network, save_checkpoint
 from mmotif.config import ConfigError, RunConfig
+from mmotif.contract import append_captions
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.cluster import (
-    LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, new_rollout_actors,
-    plan_actors, rollout_actor_options,
+    LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, autoscaler_bundles,
+    new_rollout_actors, plan_actors, rollout_actor_options,
 )
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress, WindowedRate
@@ -145,6 +145,7 @@ class Driver:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         plan = plan_actors(cfg, ray.available_resources(), nodes=nodes)
         self.plan = plan
+        self._request_autoscaling(plan)
         self.learner = LearnerActor.options(
             num_cpus=LEARNER_CPUS, num_gpus=1 if plan.learner_device == "cuda" else 0,
         ).remote(cfg_data, learner_state)
@@ -161,6 +162,17 @@ class Driver:
             self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
             self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(cfg_data)
         self.with_annotation = bool(self.annotators)
+
+    def _request_autoscaling(self, plan) -> None:
+        """With `actors.max_actors`, asks the autoscaler for the whole plan at that size; the
+        actors then grow onto the nodes as they join (`_grow_with_the_cluster`)."""
+        bundles = autoscaler_bundles(self.cfg, plan)
+        if bundles:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+            log.info("asked the autoscaler for %d bundles (%d rollout actors at most)",
+                     len(bundles), self.cfg.actors.max_actors)
 
     def _add_rollout_actors(self, n: int) -> None:
         for _ in range(n):
