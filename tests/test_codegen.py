@@ -21,6 +21,7 @@ from mmotif.codegen import (
     run_unit_test, simulate,
 )
 from mmotif.codegen.prompts import initial_prompt, unit_test_scaffold
+from mmotif.sandbox import CodePolicyError
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.specs import SkillSet
 from mmotif.tasks import get_task
@@ -115,6 +116,30 @@ def test_combine_generated_makes_a_deployable_policy():
     CodePolicy.from_source(source, SkillSet().names, SkillSet().with_precondition())
     trace = simulate(policy, turns=30, branch_depth=2, seed=1, stop=lambda t: t.branch == 2)
     assert trace[-1].branch == 2
+
+
+def test_combine_generated_dry_runs_in_the_limited_child_first(monkeypatch):
+    """`mmotif plan`'s combined policy is checked in the rlimited subprocess before it is built
+    in-process (issue 17 #3): what the child refuses never runs here."""
+    import mmotif.codegen.generate as generate
+
+    seen = []
+    real = generate.check_policy
+
+    def recording(source, *args, **kwargs):
+        seen.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(generate, "check_policy", recording)
+    source, _ = combine_generated(CLASS_WITH_ARGUMENTS, PlanSpec.for_task(GNOMISH))
+    assert seen == [source]
+    hog = CLASS_WITH_ARGUMENTS.replace("        if branch_number == 0 and dungeon_depth == self.branch_depth + 1:",
+                                       "        while True:\n            pass\n"
+                                       "        if branch_number == 0 and dungeon_depth == self.branch_depth + 1:", 1)
+    assert hog != CLASS_WITH_ARGUMENTS
+    monkeypatch.setattr(generate, "CodePolicy", None)  # the in-process build must not be reached
+    with pytest.raises(CodePolicyError, match="time budget|CPU"):
+        combine_generated(hog, PlanSpec.for_task(GNOMISH))
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ run had no rlimits)."""
 
 from __future__ import annotations
 
+import signal
+
 from mmotif.codegen.runner import RunLimits, check_policy
 
 SKILLS = ("discoverer", "descender")
@@ -33,3 +35,13 @@ def test_the_dry_run_is_under_the_cpu_limit():
     hog = GOOD.replace("return skill_time >= 10", "while True:\n            pass")
     run = check_policy(hog, SKILLS, (), RunLimits(cpu_s=1, wall_s=10), budget_s=60)
     assert run.status == "killed" and "SIGXCPU" in run.error
+
+
+def test_the_cpu_limit_holds_when_the_parent_ignores_sigxcpu():
+    """An ignored SIGXCPU is inherited across exec (seen in the full suite, after Ray/NLE
+    tests): the child restores the default, so the soft limit still ends it."""
+    previous = signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    try:
+        test_the_dry_run_is_under_the_cpu_limit()
+    finally:
+        signal.signal(signal.SIGXCPU, previous)

@@ -39,12 +39,12 @@ from mmotif.codegen.prompts import (
     PLACEHOLDER, SYSTEM_PROMPT, PlanSpec, check_prompt, failure_prompt, initial_prompt,
     initial_values_source, rewrite_prompt, unit_test_scaffold,
 )
-from mmotif.codegen.runner import RunLimits, run_unit_test
+from mmotif.codegen.runner import RunLimits, check_policy, run_unit_test
 from mmotif.codegen.simulate import format_trace, simulate
 from mmotif.config import CoderConfig, resolve_config
 from mmotif.llm.weights import DEFAULT_MODEL
 from mmotif.sandbox import CodePolicyError, UnsafeCodeError
-from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source
+from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source, combine_parts
 
 __all__ = [
     "PlanResult",
@@ -174,8 +174,19 @@ def combine_generated(code: str, spec: PlanSpec, skills=None, seed: int | None =
         parts.append(("builtin/exploration.py (helpers the class lacks)", "\n\n".join(missing_helpers)))
     parts.append(("builtin/initiation_termination.py", builtin_source("initiation_termination")))
     parts.append((f"starting values of {spec.task_name or 'the task'}", initial_values_source(spec, own_values)))
+    _check_in_limited_child(combine_parts(parts)[0], skills, name, seed)
     policy = CodePolicy.from_parts(parts, skills.names, skills.with_precondition(), name=name, seed=seed)
     return policy.source, policy
+
+
+def _check_in_limited_child(source: str, skills, name: str, seed: int | None) -> None:
+    """Loads and dry-runs the policy in the rlimited subprocess first: C-level work that the
+    in-process sandbox cannot interrupt is killed there, before it runs here."""
+    run = check_policy(source, skills.names, skills.with_precondition(), name=name, seed=seed or 0)
+    if run.ok:
+        return
+    error = UnsafeCodeError if run.status == "refused" else CodePolicyError
+    raise error(f"{name}: {run.error or run.status}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import sys
 
 from mmotif.sandbox.errors import CodePolicyError, PolicyTimeout, UnsafeCodeError
@@ -22,6 +23,9 @@ RESULT_MARK = "\n@@RESULT@@"
 
 
 def set_limits(cpu_s: int, memory_bytes: int) -> None:
+    # an ignored SIGXCPU is inherited across exec (a parent that runs Ray or NLE may ignore
+    # it): restore the default, so the soft CPU limit ends the child and says so
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
