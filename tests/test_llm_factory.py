@@ -72,6 +72,19 @@ def test_coder_section_builds_the_same_client():
     assert model.sampled == [(0.2, 1.0, -1)]  # the coder's top_k is off: not sent
 
 
+def test_concurrency_and_deadline_come_from_the_section():
+    with recording_server() as (url, _):
+        cfg = with_overrides(RunConfig(), {"annotator": {"backend": "openai", "base_url": url, "model": "fake-model",
+                                                         "batch_size": 16, "request_timeout_s": 600}})
+        backend = make_backend_from_config(cfg)
+        assert (backend.max_concurrency, backend.timeout_s) == (16, 600)  # was 4 and 120 whatever the config
+        backend.close()
+        coder = backend_from_config(CoderConfig(backend="openai", base_url=url, model="fake-model",
+                                                max_concurrency=2), section="coder")
+        assert coder.max_concurrency == 2
+        coder.close()
+
+
 def test_openai_without_a_url_names_the_section():
     with pytest.raises(ValueError, match=r"annotator\.base_url"):
         make_backend_from_config(with_overrides(RunConfig(), {"annotator": {"backend": "openai"}}))

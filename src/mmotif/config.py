@@ -115,6 +115,12 @@ class LLMConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1, description="-1 or 0: off")
     max_tokens: int = Field(4096, gt=0)
+    request_timeout_s: float = Field(
+        300.0, gt=0.0, allow_inf_nan=False, description="openai: the whole deadline of one request "
+        "(long chain-of-thought answers take minutes)")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="openai: requests in flight at once; None: the section's batch_size "
+        "(the annotator's), else 4")
 
 
 class CoderConfig(LLMConfig):

@@ -40,7 +40,9 @@ def backend_from_config(llm, *, section: str = "llm", cache_dir: str | os.PathLi
     if llm.backend == "openai":
         if not llm.base_url:
             raise ValueError(f"{section}.backend is 'openai' but {section}.base_url is not set")
-        return make_backend("openai", base_url=llm.base_url, model=llm.model, **sampling)
+        concurrency = llm.max_concurrency or getattr(llm, "batch_size", None) or 4
+        return make_backend("openai", base_url=llm.base_url, model=llm.model, timeout_s=llm.request_timeout_s,
+                            max_concurrency=concurrency, **sampling)
     if llm.backend == "vllm":
         return make_backend("vllm", model=llm.model, tensor_parallel_size=getattr(llm, "tensor_parallel_size", 1),
                             **sampling)

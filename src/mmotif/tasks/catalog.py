@@ -7,7 +7,7 @@ import pkgutil
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from mmotif.tasks import paper
+import mmotif.tasks.paper as paper  # the subpackage itself, not the package API
 from mmotif.tasks.base import Task
 
 __all__ = ["TASKS", "get_task", "task_names"]
