@@ -102,14 +102,14 @@ def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp
             "actors": {"num_actors": "auto", "max_actors": 3, "envs_per_actor": 2},
             "learner": {"batch_size": 64, "rollout": 16},
             "evaluation": {"tasks": []},
-            "time_limit_s": 90,
+            "time_limit_s": 60,
             "paths": {"run_dir": str(tmp_path / "run")},
         })
         driver = Driver(cfg)
         result = {}
         run = threading.Thread(target=lambda: result.update(summary=driver.run()), daemon=True)
         run.start()
-        deadline = time.time() + 85
+        deadline = time.time() + 58
         while len(getattr(driver, "actors", [])) < 3 and time.time() < deadline:
             time.sleep(1.0)
         workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU") == 1.0]

@@ -81,7 +81,7 @@ def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, 
 def test_killed_reward_trainer_is_restarted_refilled_and_publishes_again(tmp_path, ray_local):
     """The trainer holds no file: after a kill it restarts empty, the driver (the store's
     owner) refills it, and a later version is still published and used."""
-    cfg = local_cfg(tmp_path, time_limit_s=75, annotator={"num_annotators": 1, "backend": "rules",
+    cfg = local_cfg(tmp_path, time_limit_s=50, annotator={"num_annotators": 1, "backend": "rules",
                                                           "mode": "pointwise", "pairs_per_call": 64},
                     reward={"retrain_every_labels": 100, "epochs": 1, "min_steps": 5})
     driver = Driver(cfg)

@@ -45,9 +45,15 @@ def _example(answer: str, message: str, previous: str = "", depth: tuple[int, in
 
 
 # Measured by bench/annotator_quality.py: three solved examples per skill take the 0.5B model's
-# ranking of real captions from chance (AUC 0.48) to 0.70 (bench/README.md).
+# ranking of real captions from chance (AUC 0.48) to 0.70 (bench/README.md). The fourth, the
+# god's wrath, came later and is not in that number.
 _NOTHING = "You hear water falling on coins."
 _KILL = "You kill the giant rat!"
+# The god's wrath, a "No" for every skill (the prompts' god clause). Without it the 0.5B
+# model's reward models paid for the messages of prayer spam ("You are being punished for
+# your misbehavior!", "Thou must relearn thy lessons!"): a 10-min local run's agent prayed
+# in 44% of its steps and died after ~10 (bench/README.md, skill_learning).
+_WRATH = ("You are being punished for your misbehavior!", "You feel that Anhur is displeased.")
 
 
 class SkillSpec(BaseModel):
@@ -81,7 +87,7 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
         ),
         threshold_quantile=0.95,
         examples=(_example("Yes", _KILL, depth=(2, 2)), _example("No", "", _NOTHING, depth=(2, 2)),
-                  _example("No", "You climb up the stairs.", depth=(3, 2))),
+                  _example("No", "You climb up the stairs.", depth=(3, 2)), _example("No", *_WRATH)),
         probes=(Probe(message="You kill the newt!"), Probe(message="You find a hidden passage."),
                 Probe(message="$ - 12 gold pieces.")),
     ),
@@ -93,7 +99,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "the same level is strongly undesirable, and going up is worse still."
         ),
         examples=(_example("Yes", "You descend the stairs.", "There is a staircase down here.", depth=(7, 8)),
-                  _example("No", _KILL, depth=(7, 7)), _example("No", "You climb up the stairs.", depth=(8, 7))),
+                  _example("No", _KILL, depth=(7, 7)), _example("No", "You climb up the stairs.", depth=(8, 7)),
+                  _example("No", *_WRATH)),
         probes=(Probe(message="You descend the stairs.", depth_change=1), Probe(depth_change=1)),
     ),
     SkillSpec(
@@ -104,7 +111,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
             "level is strongly undesirable, whatever else happens."
         ),
         examples=(_example("Yes", "You climb up the stairs.", "There is a staircase up here.", depth=(8, 7)),
-                  _example("No", _KILL, depth=(7, 7)), _example("No", "You descend the stairs.", depth=(7, 8))),
+                  _example("No", _KILL, depth=(7, 7)), _example("No", "You descend the stairs.", depth=(7, 8)),
+                  _example("No", *_WRATH)),
         probes=(Probe(message="You climb up the stairs.", depth_change=-1), Probe(depth_change=-1)),
     ),
     SkillSpec(
@@ -129,7 +137,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
         ),
         has_precondition=True,
         examples=(_example("Yes", "Wonotobo offers 20 gold pieces for your wand.  Sell it? [ynaq] (y)"),
-                  _example("No", _NOTHING), _example("No", "You die...", "The giant rat bites!", hp=(2, 0))),
+                  _example("No", _NOTHING), _example("No", "You die...", "The giant rat bites!", hp=(2, 0)),
+                  _example("No", *_WRATH)),
         probes=(Probe(message="Asidonhopo offers 6 gold pieces for your ring.  Sell it? [ynaq] (y)"),
                 Probe(message="Hello, Agent!  Welcome to Asidonhopo's general store!")),
     ),
