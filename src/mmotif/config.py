@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 
+from mmotif.durable import read_text
 from mmotif.llm.weights import DEFAULT_MODEL, SMALL_MODEL
 from mmotif.skills.specs import PAPER_SKILLS, SkillSpec, validate_skill_list
 
@@ -485,18 +486,7 @@ def preset(name: str) -> RunConfig:
 def read_config_file(path: str | Path) -> dict:
     """The top-level mapping of a YAML config file; every way of failing is one ConfigError line."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
-    except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+    text = read_text(path, "config file", "a YAML file", ConfigError, encoding="utf-8-sig")
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:

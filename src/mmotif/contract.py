@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmotif.durable import read_text
+
 MESSAGE_LEN = 256
 NLE_BLSTATS = 27
 BLSTATS_EXTRAS = 3  # starting spell type, number of potions, number of food items
@@ -106,16 +108,7 @@ def append_captions(path: str | Path, captions: Iterable[Caption]) -> None:
 def read_captions(path: str | Path) -> list[Caption]:
     names = [f.name for f in fields(Caption)]
     types = {f.name: (int if f.type in (int, "int") else str) for f in fields(Caption)}
-    try:
-        lines = Path(path).read_bytes().decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise CaptionsFileError(f"captions file not found: {path}") from None
-    except IsADirectoryError:
-        raise CaptionsFileError(f"captions file {path} is a directory, not a JSON-lines file") from None
-    except UnicodeDecodeError as err:
-        raise CaptionsFileError(f"captions file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
-    except OSError as err:
-        raise CaptionsFileError(f"captions file {path} cannot be read ({err.strerror or err})") from None
+    lines = read_text(path, "captions file", "a JSON-lines file", CaptionsFileError).splitlines()
     captions = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

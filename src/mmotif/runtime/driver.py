@@ -639,7 +639,6 @@ class Driver:
         """Sends the current models and every stored label (as already trained on)."""
         if self._reward_payload is not None:
             self.reward_trainer.set_current.remote(self._reward_payload)
-        self._fed_rows, self._fed_cursor = 0, 0
         rows = list(self.store.iter_preferences())
         for i in range(0, len(rows), REFILL_CHUNK):
             self.reward_trainer.add.remote(rows[i:i + REFILL_CHUNK], trained=self._reward_payload is not None)
