@@ -307,8 +307,8 @@ def test_golden_exit_needs_everything_before_the_leave_prompt():
     assert kill_a_newt(game, tracker)
     assert tracker.kills_exact >= 1 and tracker.kills_proxy >= tracker.kills_exact
     stand_on_upstairs(game)
-    act(game, tracker, "UP")
-    assert b"Still climb?" in game.message_bytes() and int(game.blstats[12]) == 1
+    act(game, tracker, "UP")                                # no skill running: declined
+    assert b"Still climb?" in game.message_bytes() and int(game.blstats[12]) == 1 and not game.done
     assert tracker.leave_attempts == 1 and not tracker.proxy and not tracker.exact
     # the rest of the prerequisites: gold and DL3 for real, the remaining kills crafted
     wish(game, "50 gold pieces")
@@ -321,8 +321,14 @@ def test_golden_exit_needs_everything_before_the_leave_prompt():
     act(game, tracker, "SEARCH")
     assert not tracker.exact                                # no exit attempt yet
     stand_on_upstairs(game)
+    tracker.active_skill = lambda: "discoverer"             # not the policy choosing to leave
     act(game, tracker, "UP")
-    assert tracker.proxy and tracker.exact and tracker.finished
+    assert tracker.proxy and not tracker.exact and not game.done  # asked, declined: the proxy only
+    tracker.active_skill = lambda: "ascender"
+    act(game, tracker, "UP")
+    assert game.done and game.escaped and tracker.escaped  # the prompt answered yes: the hero left
+    assert tracker.exact and tracker.finished and tracker.result()["escaped"]
+    assert tracker.gold >= 20                               # the last live stats, not NLE's zeroed ones
     game.close()
 
 
@@ -442,7 +448,10 @@ def test_sales_and_price_identification_from_shop_messages():
     tracker, game = crafted_tracker("price")
     offer = b"Asidonhopo offers 50 gold pieces for your murky potion.  Sell it? [ynaq] (y)"
     game.say(tracker, offer)
-    assert tracker.offers == 1 and tracker.price_id_exact == 1 and tracker.price_id_proxy == 0
+    assert tracker.offers == 1 and tracker.price_id_exact == 0 and tracker.price_id_proxy == 0
+    game.say(tracker, b"Never mind.")                      # the offer declined: nothing identified
+    assert tracker.price_id_exact == 0
+    game.say(tracker, offer)
     game.say(tracker, b"You sold a murky potion for 50 gold pieces.", "NW")
     assert tracker.price_id_proxy == 1 and tracker.sales_exact == 1 and tracker.sales_proxy == 1
     # a formally identified item identifies nothing; the same item twice counts once
@@ -450,13 +459,14 @@ def test_sales_and_price_identification_from_shop_messages():
     game.say(tracker, b"You sold a potion of healing for 50 gold pieces.", "NW")
     game.say(tracker, offer)
     assert tracker.price_id_exact == 1 and tracker.sales_exact == 2
+    assert tracker.offers == 4
     # a suspicious shopkeeper (3/8) and a stack: still identified exactly, not by the proxy
     game.say(tracker, b"Izchak offers 113 gold pieces for your jade ring.  Sell it? [ynaq] (y)")
     game.say(tracker, b"You sold a jade ring for 113 gold pieces.", "NW")
     assert tracker.price_id_exact == 2 and tracker.price_id_proxy == 1
     assert price_identifies(100, "2 clear potions") == ("potion", (100,))
     game.say(tracker, b"Izchak offers 100 gold pieces for your clear potions.  Sell them? [ynaq] (y)")
-    assert tracker.offers == 5 and tracker.price_id_exact == 2       # a stack: count unknown
+    assert tracker.offers == 6 and tracker.price_id_exact == 2       # a stack: count unknown
     assert price_identifies(7, "plumed helmet") is None and price_identifies(5, "plumed helmet")
     assert price_identifies(10, "long sword") is None
     # a 'sold' that is not a sale: proxy counts it, exact does not
@@ -479,6 +489,7 @@ def test_tracker_as_env_hook_wires_attributes_into_the_policy():
     env.step(A.INDEX["SEARCH"])
     assert env.policy.attribute("gold_pieces") == int(env.game.blstats[13]) >= 30
     assert tracker.steps == 1
+    assert env.game.confirm == tracker.confirms and tracker.active_skill() == env.skill
     env.close()
 
 

@@ -81,7 +81,7 @@ class TaskEpisodes(EpisodeHooks):
         tracker, stats, episode = env.task, env.stats, self.episode_of[i]
         result = tracker.result()
         result.update(
-            episode=episode, died=bool(terminated), truncated=bool(truncated and not terminated),
+            episode=episode, died=bool(terminated and not result["escaped"]), truncated=bool(truncated and not terminated),
             ended_on_success=bool(tracker.finished), env_steps=stats.steps,
             skill_switches=stats.skill_switches, policy_errors=stats.policy_errors,
             last_policy_error=stats.last_policy_error, score=stats.score,

@@ -8,6 +8,7 @@ nothing it does not use.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 from nle import nethack
@@ -23,7 +24,8 @@ OBS_KEYS = (
 _K = {k: i for i, k in enumerate(OBS_KEYS)}
 
 
-# Single-key prompts the agent answers itself; every other one is declined (ESC).
+# Single-key prompts the agent answers itself; every other one is declined (ESC), unless the
+# game's `confirm` hook (set by an evaluation task) answers it yes.
 YN_WHITELIST = (b"eat", b"attack", b"direction?", b"pray", b"drop", b"drink", b"Sell")
 # Messages that a skipped --More-- would swallow but the reward models and tasks need.
 # "You die..." is NetHack's last message of a fatal turn; NLE's final observation is blank.
@@ -66,6 +68,7 @@ class NetHackGame:
             wizard=wizard,
         )
         self.yn_whitelist = tuple(yn_whitelist)
+        self.confirm: Callable[[bytes], bool] | None = None  # prompt text -> answer yes?
         self.obs: tuple[np.ndarray, ...] = ()
         self.done = True
         self.message = np.zeros(nethack.MESSAGE_SHAPE, np.uint8)
@@ -98,6 +101,11 @@ class NetHackGame:
     @property
     def inv_oclasses(self) -> np.ndarray:
         return self.obs[_K["inv_oclasses"]]
+
+    @property
+    def escaped(self) -> bool:
+        """The game ended with the hero leaving the dungeon (up the stairs of DL1)."""
+        return self.done and self._nh.how_done() == nethack.ESCAPED
 
     def message_bytes(self) -> bytes:
         return self.message.tobytes().rstrip(b"\0")
@@ -206,9 +214,11 @@ class NetHackGame:
         return None
 
     def _handle_prompts(self) -> list[bytes]:
-        """Skip --More--, decline prompts outside the whitelist, auto-#enhance.
+        """Skip --More--, decline prompts outside the whitelist (unless `confirm` says yes),
+        auto-#enhance.
 
-        Returns the messages worth keeping that a --More-- would have swallowed.
+        Returns the messages worth keeping that a --More-- (or a confirmed prompt) would have
+        swallowed.
         """
         kept: list[bytes] = []
         want_enhance = enhanced = False
@@ -227,7 +237,11 @@ class NetHackGame:
             elif misc[0]:  # single-key prompt
                 if any(word in message for word in self.yn_whitelist):
                     break
-                self._send(A.ESC)
+                if self.confirm is not None and self.confirm(message.rstrip(b"\0")):
+                    kept.append(message.rstrip(b"\0"))  # the answer may end the game: keep the question
+                    self._send(ord("y"))
+                else:
+                    self._send(A.ESC)
             elif want_enhance and not enhanced:  # back in the move loop: advance a skill
                 enhanced = True
                 self._send(A.META_ENHANCE)

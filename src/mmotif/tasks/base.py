@@ -57,7 +57,8 @@ class SuccessRule:
     ``judge`` is called after every step, once the tracker has done its bookkeeping, and
     says whether the proxy (the reference evaluator's test, §10.2) and the exact test (what
     the instruction asks, §15.2) hold now; the tracker keeps the first step each one held.
-    ``attributes`` gives the values of the task's env-kept policy attributes.
+    ``attributes`` gives the values of the task's env-kept policy attributes. ``confirms``
+    answers a yes/no prompt the game would otherwise decline (e.g. leaving the dungeon).
     """
 
     reads_levels: ClassVar[bool] = False     # the exact test asks which special level this is
@@ -67,6 +68,9 @@ class SuccessRule:
 
     def attributes(self, t: TaskTracker) -> dict[str, object]:
         return {}
+
+    def confirms(self, t: TaskTracker, prompt: bytes) -> bool:
+        return False
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ it (§15.1), so e.g. a kill message followed by ``--More--`` is missed, as in th
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 from nle import nethack as _nh
@@ -81,9 +82,11 @@ class TaskTracker:
         self._wired: dict[str, object] = {}
         self.probe: DungeonProbe | None = None
         self.rule = None
+        self.active_skill: Callable[[], str | None] = lambda: None  # the env's skill, live
 
     # -- SkillEnv hook -------------------------------------------------------------------
     def begin(self, env) -> None:
+        self.active_skill = lambda: env.skill
         self.start(env.game)
         self._wired = {}
         self.wire(env.policy)
@@ -106,6 +109,7 @@ class TaskTracker:
 
     # -- episode ---------------------------------------------------------------------------
     def start(self, game) -> None:
+        game.confirm = self.confirms
         bl = game.blstats.tolist()
         self.steps = 0
         self.depth, self.dnum = bl[BL_DEPTH], bl[BL_DNUM]
@@ -120,6 +124,8 @@ class TaskTracker:
         self.offers = 0
         self.price_id_proxy = 0
         self._price_items: set[str] = set()
+        self._offered_item: str | None = None   # an offer that identifies, awaiting its sale
+        self.escaped = False
         self.altar_drops_proxy = self.altar_drops_exact = 0
         self.kills_proxy = self.kills_exact = 0
         self.ate_in_mines = self.ate_hungry_in_mines = False
@@ -159,15 +165,22 @@ class TaskTracker:
     def finished(self) -> bool:
         return bool(not self.task.counts_events and self.proxy and self.exact)
 
+    def confirms(self, prompt: bytes) -> bool:
+        """The game's `confirm` hook: answer this yes/no prompt yes (the task's rule decides,
+        from what the policy over skills is doing)."""
+        return self.rule is not None and self.rule.confirms(self, prompt)
+
     def step(self, game, action: int) -> None:
         """Account for one played action; `game` shows the state after it."""
-        bl = game.blstats.tolist()
         prev_depth, prev_dnum, prev_hunger = self.depth, self.dnum, self.hunger
         self.steps += 1
         self.game_over = bool(getattr(game, "done", False))
-        self.depth, self.dnum = bl[BL_DEPTH], bl[BL_DNUM]
-        self.x, self.y = bl[BL_X], bl[BL_Y]
-        self.gold, self.xl, self.hunger = bl[BL_GOLD], bl[BL_XL], bl[BL_HUNGER]
+        self.escaped = bool(getattr(game, "escaped", False))
+        if not self.game_over:  # NLE zeroes the bottom line of a finished game: keep the last live one
+            bl = game.blstats.tolist()
+            self.depth, self.dnum = bl[BL_DEPTH], bl[BL_DNUM]
+            self.x, self.y = bl[BL_X], bl[BL_Y]
+            self.gold, self.xl, self.hunger = bl[BL_GOLD], bl[BL_XL], bl[BL_HUNGER]
         msg = game.message_bytes()
         changed = (self.depth, self.dnum) != (prev_depth, prev_dnum)
         if changed:
@@ -242,6 +255,10 @@ class TaskTracker:
         if sales:
             self.sales_exact += sales
             self._event(f"sale: {msg.decode('latin-1')[:80]}")
+            if self._offered_item is not None:  # the price is known once the offer is taken (§15.2)
+                self._price_items.add(self._offered_item)
+                self._event(f"price identified: {self._offered_item}")
+        self._offered_item = None
         offer = _OFFER.search(msg)
         self._last_offer = msg if offer else b""
         if offer:
@@ -249,8 +266,7 @@ class TaskTracker:
             item = offer.group(2).decode("latin-1")
             single = offer.group(3) == b"it"
             if single and item not in self._price_items and price_identifies(int(offer.group(1)), item):
-                self._price_items.add(item)
-                self._event(f"price identified: {item}")
+                self._offered_item = item
         if action == A.INDEX["DROP"]:
             if b"altar" in msg and b"cursed" not in msg and b"blessed" not in msg:
                 self.altar_drops_proxy += 1
@@ -324,7 +340,7 @@ class TaskTracker:
             "on_oracle": self.on_oracle, "oracle_seen": self.oracle_seen,
             "on_minetown": self.on_minetown, "minetown_seen": self.minetown_seen,
             "ate_in_mines": self.ate_in_mines, "ate_hungry_in_mines": self.ate_hungry_in_mines,
-            "xl4_on_dl1": self.xl4_on_dl1,
+            "xl4_on_dl1": self.xl4_on_dl1, "escaped": self.escaped,
             "counts": self.counts(),
             "events": [f"{s}: {e}" for s, e in self.events[:50]],
         }

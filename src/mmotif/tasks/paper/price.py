@@ -13,6 +13,7 @@ TASK = Task(
     metric="price_identified",
     proxy_rule="a sale right after an offer whose doubled price is a base-price tier of the "
                "item's class (the reference's rule)",
-    exact_rule="distinct unidentified items offered at a price that maps back (x1/2, or x3/8 "
-               "from a suspicious shopkeeper, per unit) to a base-price tier of their class",
+    exact_rule="distinct unidentified items sold right after an offer at a price that maps back "
+               "(x1/2, or x3/8 from a suspicious shopkeeper, per unit) to a base-price tier of "
+               "their class",
 )
