@@ -292,3 +292,23 @@ def test_refinement_loop_with_the_embedded_llm(tmp_path):
         assert len(record["iterations"]) == 4
         assert result.reason.startswith("not accepted after 4 generations (3 rewrites)")
     print(result.reason)
+
+
+def test_cmd_plan_plans_for_the_skills_of_its_config(tmp_path):
+    from mmotif.cli import build_parser
+    from mmotif.skills.specs import PAPER_SKILLS
+
+    config = tmp_path / "run.yaml"
+    extra = "  - name: collector\n    description: Picks up every item in sight.\n    preference: Favour new items.\n"
+    paper = "".join(f"  - name: {s.name}\n    description: {json.dumps(s.description)}\n"
+                    f"    preference: {json.dumps(s.preference)}\n" for s in PAPER_SKILLS)
+    config.write_text("skills:\n" + paper + extra)
+    argv = ["plan", "reach depth 3", "--config", str(config), "--out", str(tmp_path / "plans")]
+    llm = ScriptedLLM(["no code"] * 4)
+    assert cmd_plan(build_parser(argv).parse_args(argv), llm=llm) == 1
+    assert '"collector"' in llm.calls[0][-1]["content"] and "Picks up every item" in llm.calls[0][-1]["content"]
+    argv = argv[:-2] + ["--out", str(tmp_path / "default")]          # without --config: the paper's five
+    argv.remove("--config"), argv.remove(str(config))
+    llm = ScriptedLLM(["no code"] * 4)
+    assert cmd_plan(build_parser(argv).parse_args(argv), llm=llm) == 1
+    assert '"collector"' not in llm.calls[0][-1]["content"] and '"descender"' in llm.calls[0][-1]["content"]

@@ -431,10 +431,11 @@ def cmd_plan(args, llm=None) -> int:
         print("mmotif plan: --reference needs --task (the reference policies are per task)", file=sys.stderr)
         return 2
     result = None
+    skills = plan_skills(args)
     if args.backend != "none" or llm is not None:
         coder, cache = coder_config(args)
         llm = llm or _make_llm(coder, cache)
-        result = plan(instruction, llm, task=task, max_rewrites=args.max_rewrites, max_tokens=coder.max_tokens,
+        result = plan(instruction, llm, task=task, skills=skills, max_rewrites=args.max_rewrites, max_tokens=coder.max_tokens,
                       temperature=coder.temperature, record_dir=out / "generations", name=name)
         print(f"mmotif plan: {result.reason}")
         if result.accepted:
@@ -452,7 +453,7 @@ def cmd_plan(args, llm=None) -> int:
         ref = PlanResult(True, instruction, "reference", f"fallback asked for with --reference ({why})",
                          source=reference_policy_source(task), reference=True,
                          record_path=result.record_path if result else None)
-        policy = CodePolicy.from_source(ref.source, *_skill_names(), name=f"reference:{task.name}", seed=0)
+        policy = CodePolicy.from_source(ref.source, skills.names, skills.with_precondition(), name=f"reference:{task.name}", seed=0)
         ref.simulation = format_trace(simulate(policy, turns=20, branch_depth=2))
         ref.test_output = "(reference policy: no LLM unit test)"
         path, trace = write_policy(ref, out / f"{name}.py")
@@ -463,8 +464,12 @@ def cmd_plan(args, llm=None) -> int:
     return 1
 
 
-def _skill_names():
+def plan_skills(args):
+    """The skills `mmotif plan` plans for: the config's (`--config`, `--preset`, `--set`) when the
+    command has those arguments, else the paper's five."""
     from mmotif.skills.specs import SkillSet
 
-    skills = SkillSet()
-    return skills.names, skills.with_precondition()
+    if not hasattr(args, "config"):
+        return SkillSet()
+    cfg = resolve_config(args.config, args.preset, sets=args.set or ())[0]
+    return SkillSet(skills=tuple(cfg.skills))
