@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -211,8 +212,26 @@ def test_version_1_store_is_migrated_on_open(tmp_path):
                            (skill, a, b)).fetchone()[0]
         assert key == pair_key(skill, a, b)
     conn.close()
-    with PreferenceStore(path) as again:  # a second open finds version 2: nothing to migrate
+    with PreferenceStore(path) as again:  # a second open finds the current version: nothing to migrate
         assert again.count() == 5 and again.preferences("t")[0].label == LABEL_FIRST
+
+
+def test_version_2_store_opens_with_no_preference_digest_and_new_rows_record_theirs(tmp_path):
+    path = tmp_path / "v2.db"
+    _write_v1_store(path, [("s", "x", "y", 0)])  # version 2 had version 1's table, with new keys
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE preferences SET pair_key=?", (pair_key("s", "x", "y"),))
+    conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with PreferenceStore(path) as store:
+        assert [(p.prompt_version, p.preference_digest) for p in store.preferences()] == [("v1", "")]
+        assert store.has_pair("s", "y", "x")
+        new = dataclasses.replace(pref("s", "a", "b"), preference_digest="0123456789ab")
+        assert store.append([new]) == 1 and store.preferences()[-1] == new
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3" == str(SCHEMA_VERSION)
+    conn.close()
 
 
 def test_newer_schema_version_is_refused(tmp_path):

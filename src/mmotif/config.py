@@ -166,6 +166,9 @@ class AnnotatorConfig(LLMConfig):
     rules: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="backend rules: per-skill {event: weight} replacing the defaults "
         "(events: mmotif.nethack.events.EVENTS)")
+    retry_max_tokens: int = Field(
+        64, gt=0, description="pairwise: token cap of the retry turn that follows an unparseable answer "
+        "(it asks for the verdict alone)")
     tensor_parallel_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1, description="CPU threads of the embedded backend")
 
@@ -197,7 +200,15 @@ class RewardConfig(_Section):
     bound: float = Field(10.0, gt=0.0, description="normalised rewards are clamped to ±bound")
     models: Path | None = Field(
         None, description="a published reward-model version folder to start from (e.g. from "
-                          "`mmotif train-rewards`); None starts from constant zero rewards")
+        "`mmotif train-rewards`); None starts from constant zero rewards. A given skill model is the "
+        "starting point, never replaced by one trained on fewer labels: the run retrains that skill only "
+        "once it holds more labels for it (after reward.label_provenance) than the given model was trained "
+        "on (its manifest's n_labels), and the retrain starts from the given weights. The run's learner "
+        "records them as reward-model version 0; --resume loads them from this path again")
+    label_provenance: Literal["current", "any"] = Field(
+        "current", description="current: reward models train only on labels made by this run's annotator "
+        "model, prompt version and skill preference texts (others are counted and logged, "
+        "mmotif.rewards.provenance); any: on every label in the store")
 
 
 class NetworkConfig(_Section):

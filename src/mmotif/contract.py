@@ -146,6 +146,9 @@ class Preference:
     model: str
     prompt_version: str
     created_at: float  # unix time
+    # the skill's preference text the annotator was shown (annotators.prompts.preference_digest);
+    # "" when not recorded (labels stored before digests were)
+    preference_digest: str = ""
 
     def soft_target(self) -> float:
         """Probability that the second caption is preferred; ties and unknowns are 0.5 (§2.4)."""

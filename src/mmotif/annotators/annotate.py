@@ -17,7 +17,6 @@ preference text and prompt version (:func:`score_cache_key` gives a name for tha
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from mmotif.annotators.prompts import (
     pair_label_from_scores,
     pairwise_messages,
     pointwise_messages,
+    preference_digest,
     prompt_version,
     retry_messages,
 )
@@ -121,8 +121,7 @@ class AnnotationStats:
 
 def score_cache_key(backend: LLMBackend, modifier: str) -> str:
     """A name for the cache a pointwise score belongs to (model + prompt version + preference)."""
-    digest = hashlib.sha256(modifier.encode()).hexdigest()[:12]
-    return f"{backend.name}/{backend.model}/{prompt_version('pointwise')}/{digest}"
+    return f"{backend.name}/{backend.model}/{prompt_version('pointwise')}/{preference_digest(modifier)}"
 
 
 def _modifier(skills: Mapping[str, str], skill: str) -> str:
@@ -212,9 +211,10 @@ def annotate_pairs(
         )
     version = prompt_version(mode)
     now = time.time()
+    digests = {skill: preference_digest(text) for skill, text in skills.items()}
     preferences = [
         Preference(pair=pair, label=label, backend=backend.name, model=backend.model,
-                   prompt_version=version, created_at=now)
+                   prompt_version=version, created_at=now, preference_digest=digests[pair.skill])
         for pair, label in zip(pairs, labels)
     ]
     stats.pairs += len(pairs)

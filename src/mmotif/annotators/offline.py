@@ -33,6 +33,13 @@ def tie_rule_from_config(cfg: RunConfig):
     return TieRule(a.tie_rule, rank_gap=a.tie_rank_gap, margin=a.tie_margin)
 
 
+def generation_from_config(cfg: RunConfig) -> dict:
+    """annotate_pairs' pairwise generation settings from `annotator:` (top_p and top_k are the
+    backend's own, given when it is built)."""
+    a = cfg.annotator
+    return {"max_tokens": a.max_tokens, "retry_max_tokens": a.retry_max_tokens, "temperature": a.temperature}
+
+
 def examples_from_config(cfg: RunConfig) -> dict[str, list[tuple[str, str]]]:
     """Each skill's solved Yes/No examples for the pointwise prompt (none when few_shot is off)."""
     if not cfg.annotator.few_shot:
@@ -69,7 +76,7 @@ def annotate_file(cfg: RunConfig, captions_path: Path, store_path: Path, pairs_p
                     break  # every pair of these captions is labelled for this skill
                 prefs = annotate_pairs(backend, pairs, modifiers, cfg.annotator.mode, score_cache=cache,
                                        tie_rule=tie_rule_from_config(cfg), stats=stats, examples=examples,
-                                       max_tokens=cfg.annotator.max_tokens, temperature=cfg.annotator.temperature)
+                                       **generation_from_config(cfg))
                 sampler.done(pairs)
                 new_labels += store.append(prefs)
                 todo -= len(pairs)
@@ -107,10 +114,11 @@ def train_rewards(cfg: RunConfig, store_path: Path, root: Path) -> dict:
             raise ValueError(f"preference store {store_path} is empty: nothing to train on")
         trainer.add(store.iter_preferences())
     trained = trainer.maybe_retrain(force=True)
+    excluded = {"labels_excluded": dict(trainer.excluded)}
     if trained is None:
-        return {"published": None, "note": "no skill had enough new labels to retrain"}
+        return {"published": None, "note": "no skill had enough new labels to retrain", **excluded}
     record, _ = publish_trained(root, *trained, skills)
     return {"published": record.version, "path": record.path,
             "validation_accuracy": dict(zip(record.skills, record.val_accuracy)),
             "probe_margins": dict(zip(record.skills, record.probe_margins)),
-            "labels": dict(zip(record.skills, record.n_labels))}
+            "labels": dict(zip(record.skills, record.n_labels)), **excluded}

@@ -17,6 +17,7 @@ own chat template.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -91,6 +92,12 @@ def prompt_version(mode: str) -> str:
     if mode not in ("pairwise", "pointwise"):
         raise ValueError(f"unknown annotation mode {mode!r}; use 'pairwise' or 'pointwise'")
     return f"{mode}-v{PROMPT_VERSION}"
+
+
+def preference_digest(modifier: str) -> str:
+    """Short sha256 of a skill's preference text as the prompts show it (stripped): labels
+    record it, so labels made for another wording of the skill are told apart."""
+    return hashlib.sha256(modifier.strip().encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def pairwise_messages(modifier: str, first: str, second: str) -> list[Message]:

@@ -64,6 +64,12 @@ def rule_score(rules: Mapping[str, float], text: str) -> float:
     return float(sum(rules.get(event, 0.0) for event in text_events(text)))
 
 
+def rules_model_name(rules: Rules | None) -> str:
+    """What the rules annotator records as its model: the default rules' version, marked when
+    the config replaced some."""
+    return RULES_VERSION if not rules else f"{RULES_VERSION}+config"
+
+
 class RulesBackend(LLMBackend):
     """Scores captions by rules; plugs into `annotate_pairs` through `score_texts`."""
 
@@ -72,7 +78,7 @@ class RulesBackend(LLMBackend):
 
     def __init__(self, skills: Sequence[str], rules: Rules | None = None):
         self.rules = resolve_rules(skills, rules)
-        self.model = RULES_VERSION if not rules else f"{RULES_VERSION}+config"
+        self.model = rules_model_name(rules)
 
     def score_texts(self, items: Sequence[tuple[str, str]]) -> list[float]:
         """One score per (skill, caption text)."""

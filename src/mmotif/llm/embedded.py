@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mmotif.llm.base import NO_WORDS, YES_WORDS, BackendError, LLMBackend, Message
-from mmotif.llm.weights import EMBEDDED_MODELS, SMALL_MODEL, ensure_model, quiet_transformers
+from mmotif.llm.weights import EMBEDDED_MODELS, SMALL_MODEL, embedded_model_name, ensure_model, quiet_transformers
 
 EXTRA_PACKAGES = ("transformers", "gguf", "accelerate")  # the `embedded` extra
 
@@ -114,16 +114,15 @@ class EmbeddedBackend(LLMBackend):
         self._prefix_lru_size = 16
         if model in EMBEDDED_MODELS:
             path = ensure_model(model, cache_dir)
-            self.model = model
         elif Path(model).expanduser().is_dir():
             path = Path(model).expanduser()
-            self.model = path.name
         else:
             raise BackendError(
                 f"embedded model {model!r} is neither a known name ({', '.join(sorted(EMBEDDED_MODELS))}) "
                 "nor a model folder"
             )
         self.path = path
+        self.model = embedded_model_name(model)
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer.padding_side = "left"

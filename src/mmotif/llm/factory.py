@@ -47,3 +47,13 @@ def backend_from_config(llm, *, section: str = "llm", cache_dir: str | os.PathLi
         return make_backend("vllm", model=llm.model, tensor_parallel_size=getattr(llm, "tensor_parallel_size", 1),
                             **sampling)
     raise ValueError(f"{section}.backend {llm.backend!r} is not an LLM backend; use one of {', '.join(BACKENDS)}")
+
+
+def recorded_model_name(llm) -> str:
+    """The model name the backend a config section describes records in its labels (without
+    building it)."""
+    if llm.backend == "embedded":
+        from mmotif.llm.weights import embedded_model_name
+
+        return embedded_model_name(llm.model)
+    return llm.model

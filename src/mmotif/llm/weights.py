@@ -198,6 +198,12 @@ assert DEFAULT_MODEL in EMBEDDED_MODELS and SMALL_MODEL in EMBEDDED_MODELS
 # Fetch, verify, assemble, convert.
 
 
+def embedded_model_name(model: str) -> str:
+    """The name an embedded backend records in its labels: a known model's name, else the
+    model folder's own name."""
+    return model if model in EMBEDDED_MODELS else Path(model).expanduser().name
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()

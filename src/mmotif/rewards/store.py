@@ -14,7 +14,12 @@
 - Rows are never updated; the only deletion is the replacement of an UNKNOWN row above. The
   integer `id` (SQLite rowid, AUTOINCREMENT) only grows, so `cursor()` +
   `iter_preferences(after_rowid=...)` resume an incremental read.
-- A file of schema version 1 (NUL-joined keys) is migrated on open, in one transaction.
+- Each row records its provenance: annotator backend and model, prompt version and a digest
+  of the skill's preference text (`preference_digest`; reward training selects rows by it,
+  `mmotif.rewards.provenance`).
+- Files of older schema versions are migrated on open, in one transaction: version 1
+  (NUL-joined keys) gets new keys; versions 1 and 2 (no digest column) get the column, empty
+  ("not recorded") in their rows.
 - A damaged file (not SQLite, or failing `PRAGMA quick_check` at open) raises
   :class:`StoreDamagedError`, which names the file and what to do.
 - Plain SQLite, so `sqlite3 preferences.db 'select skill, label, count(*) from preferences
@@ -46,8 +51,9 @@ from mmotif.contract import (
 
 log = logging.getLogger(__name__)
 
-# 2: collision-free pair keys (sha256 of a length-prefixed encoding); version-1 files are migrated on open.
-SCHEMA_VERSION = 2
+# 2: collision-free pair keys (sha256 of a length-prefixed encoding); 3: preference_digest column.
+# Older files are migrated on open.
+SCHEMA_VERSION = 3
 _VALID_LABELS = (LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN)
 _INTEGRITY_CHECKS = {"quick": "PRAGMA quick_check(5)", "full": "PRAGMA integrity_check(5)", "none": None}
 # SQLite primary result codes that mean "this file is damaged" (extended codes share the low byte).
@@ -98,6 +104,7 @@ CREATE TABLE IF NOT EXISTS preferences (
     backend             TEXT    NOT NULL,
     model               TEXT    NOT NULL,
     prompt_version      TEXT    NOT NULL,
+    preference_digest   TEXT    NOT NULL DEFAULT '',
     created_at          REAL    NOT NULL,
     stored_at           REAL    NOT NULL,
     UNIQUE (skill, pair_key)
@@ -107,17 +114,18 @@ CREATE INDEX IF NOT EXISTS preferences_skill_id ON preferences (skill, id);
 
 _COLUMNS = (
     "skill, pair_key, first_text, first_message, first_depth_change, second_text, "
-    "second_message, second_depth_change, label, backend, model, prompt_version, created_at, stored_at"
+    "second_message, second_depth_change, label, backend, model, prompt_version, preference_digest, "
+    "created_at, stored_at"
 )
 _SELECT = (
     "SELECT id, skill, first_text, first_message, first_depth_change, second_text, second_message, "
-    "second_depth_change, label, backend, model, prompt_version, created_at FROM preferences"
+    "second_depth_change, label, backend, model, prompt_version, preference_digest, created_at FROM preferences"
 )
 
 
 _STR_FIELDS = ("skill", "first_text", "first_message", "second_text", "second_message",
-               "backend", "model", "prompt_version")
-_STR_INDEX = (0, 2, 3, 5, 6, 9, 10, 11)  # positions of _STR_FIELDS in a row
+               "backend", "model", "prompt_version", "preference_digest")
+_STR_INDEX = (0, 2, 3, 5, 6, 9, 10, 11, 12)  # positions of _STR_FIELDS in a row
 _LABEL_INDEX = 8
 
 
@@ -132,8 +140,8 @@ def _row_of(pref: Preference, stored_at: float) -> tuple:
         p.skill, pair_key(p.skill, a.text, b.text),
         a.text, a.message, int(a.depth_change),
         b.text, b.message, int(b.depth_change),
-        int(pref.label), pref.backend, pref.model, pref.prompt_version, float(pref.created_at),
-        stored_at,
+        int(pref.label), pref.backend, pref.model, pref.prompt_version, pref.preference_digest,
+        float(pref.created_at), stored_at,
     )
     for name, i in zip(_STR_FIELDS, _STR_INDEX):
         if not isinstance(row[i], str):
@@ -152,9 +160,9 @@ def _unencodable_field(row: tuple) -> str | None:
 
 
 def _pref_of(row: tuple) -> Preference:
-    (_id, skill, at, am, ad, bt, bm, bd, label, backend, model, pv, created) = row
+    (_id, skill, at, am, ad, bt, bm, bd, label, backend, model, pv, digest, created) = row
     pair = CaptionPair(skill, Caption(at, am, int(ad)), Caption(bt, bm, int(bd)))
-    return Preference(pair, int(label), backend, model, pv, float(created))
+    return Preference(pair, int(label), backend, model, pv, float(created), preference_digest=digest)
 
 
 def _is_damage(error: sqlite3.Error) -> bool:
@@ -242,11 +250,13 @@ class PreferenceStore:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         else:
             version = int(row[0]) if str(row[0]).isdigit() else -1
+            if version not in range(1, SCHEMA_VERSION + 1):
+                raise PreferenceStoreError(f"{self.path}: preference store schema version {row[0]}, "
+                                           f"this code reads versions 1 to {SCHEMA_VERSION}")
             if version == 1:
                 self._migrate_from_v1(conn)
-            elif version != SCHEMA_VERSION:
-                raise PreferenceStoreError(f"{self.path}: preference store schema version {row[0]}, "
-                                           f"this code reads versions 1 and {SCHEMA_VERSION}")
+            if version < 3:
+                self._add_digest_column(conn)
         conn.execute("COMMIT")
 
     def _migrate_from_v1(self, conn: sqlite3.Connection) -> None:
@@ -270,10 +280,17 @@ class PreferenceStore:
         # Two passes, so no intermediate state can trip UNIQUE (skill, pair_key).
         conn.execute("UPDATE preferences SET pair_key = 'v1-migration-' || id")
         conn.executemany("UPDATE preferences SET pair_key=? WHERE id=?", new_keys)
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        log.info("%s: migrated %d labels from schema version 1 to 2 in %.2f s%s", self.path, len(rows),
+                 time.perf_counter() - t0, f" ({len(drop)} duplicate rows dropped)" if drop else "")
+
+    def _add_digest_column(self, conn: sqlite3.Connection) -> None:
+        """Versions 1 and 2 recorded no preference digest: the column is added, "" (not
+        recorded) in every existing row, inside the caller's transaction."""
+        conn.execute("ALTER TABLE preferences ADD COLUMN preference_digest TEXT NOT NULL DEFAULT ''")
         conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
-        log.info("%s: migrated %d labels from schema version 1 to %d in %.2f s%s", self.path, len(rows),
-                 SCHEMA_VERSION, time.perf_counter() - t0,
-                 f" ({len(drop)} duplicate rows dropped)" if drop else "")
+        log.info("%s: added the preference_digest column (schema version %d); existing rows record none",
+                 self.path, SCHEMA_VERSION)
 
     # ---------------------------------------------------------------- writing
     def append(self, preferences: Iterable[Preference]) -> int:
@@ -334,7 +351,7 @@ class PreferenceStore:
         crash tests): a stored UNKNOWN of the same pair is deleted, then the row inserted."""
         conn.executemany("DELETE FROM preferences WHERE skill=? AND pair_key=? AND label=?",
                          [(r[0], r[1], LABEL_UNKNOWN) for r in rows if r[_LABEL_INDEX] != LABEL_UNKNOWN])
-        conn.executemany(f"INSERT INTO preferences ({_COLUMNS}) VALUES ({', '.join('?' * 14)})", rows)
+        conn.executemany(f"INSERT INTO preferences ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", rows)
 
     # ---------------------------------------------------------------- reading
     def count(self, skill: str | None = None) -> int:

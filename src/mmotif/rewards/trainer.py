@@ -1,6 +1,13 @@
 """Reward trainer: retrains the per-skill reward models from the labels it was sent when
 enough new ones arrived, and returns a new model set only where validation does not regress.
 
+Two rules select what a skill trains on and when it is replaced:
+- only labels of the run's own provenance (annotator model, prompt version, preference text;
+  `reward.label_provenance`, `mmotif.rewards.provenance`); the others are counted by reason;
+- a skill's model is replaced only by one trained on more labels than it was (`n_labels`),
+  so models given with `reward.models` survive until the run has more labels of its own; a
+  retrain starts from the current weights (the given ones included).
+
 It opens no file: the preference store and the reward-model versions on disk have one owner,
 the driver, which sends the trainer every stored label (`add`) and publishes what it returns
 (`mmotif.rewards.versions.publish`). So the trainer can run on any node, with no shared disk.
@@ -11,15 +18,20 @@ The plain core of the `RewardTrainerActor` Ray shell (`mmotif.runtime.shells`).
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mmotif.config import RunConfig
-from mmotif.contract import Preference, RewardModelVersion
+from mmotif.contract import LABEL_UNKNOWN, Preference, RewardModelVersion
 from mmotif.rewards.probes import probe_margins
+from mmotif.rewards.provenance import exclusion_line, label_filter
 from mmotif.rewards.store import preference_key
 from mmotif.rewards.training import fit_skill_reward
 from mmotif.rewards.versions import RewardModelSet, SkillReward, publish
+
+log = logging.getLogger(__name__)
 
 
 class RewardTrainer:
@@ -33,13 +45,20 @@ class RewardTrainer:
         self.rows_received = 0  # rows sent by the store's owner (a restarted trainer has 0)
         self.rows_at_last_train = 0
         self.retrains = 0
+        self.provenance = label_filter(cfg)  # None: every label trains
+        self.excluded: Counter[str] = Counter()  # labels of another provenance, by reason
+        self._excluded_logged = 0
 
     def add(self, preferences: Iterable[Preference], *, trained: bool = False) -> int:
         """Takes stored labels, in store order; returns the rows received so far. `trained`:
         the current models already learned from them (a restarted trainer being refilled)."""
         for pref in preferences:
-            self._labels[pref.pair.skill][preference_key(pref)] = pref
             self.rows_received += 1
+            reason = None if self.provenance is None else self.provenance.mismatch(pref)
+            if reason is not None:
+                self.excluded[reason] += 1
+                continue
+            self._labels[pref.pair.skill][preference_key(pref)] = pref
         if trained:
             self.rows_at_last_train = self.rows_received
         return self.rows_received
@@ -59,16 +78,34 @@ class RewardTrainer:
             entries.append(entry)
         self.rows_at_last_train = self.rows_received
         self.retrains += 1
+        self._log_exclusions()
         if not changed:
             return None
         self.current = RewardModelSet(entries)
         margins = probe_margins(self.current, self.cfg.skills)
-        return self.current, {"labels_in_store": self.rows_received, "probe_margins": margins}
+        return self.current, {"labels_in_store": self.rows_received, "probe_margins": margins,
+                              **self.selection()}
+
+    def selection(self) -> dict:
+        """Which labels trained (manifest extras): the provenance required and the labels left out."""
+        return {"label_provenance": "any" if self.provenance is None else self.provenance.to_dict(),
+                "labels_excluded": dict(self.excluded)}
+
+    def _log_exclusions(self) -> None:
+        total = sum(self.excluded.values())
+        if total > self._excluded_logged:
+            log.warning(exclusion_line(self.excluded, self.rows_received, self.provenance))
+            self._excluded_logged = total
+
+    def _trainable(self, prefs: Sequence[Preference]) -> int:
+        """How many of `prefs` training would use (the n_labels of the model it makes)."""
+        return sum(self.cfg.reward.include_unknown or p.label != LABEL_UNKNOWN for p in prefs)
 
     def _retrain_skill(self, skill: str, previous: SkillReward) -> SkillReward:
         prefs = list(self._labels[skill].values())
-        if len(prefs) < self.cfg.reward.min_labels_per_skill or len(prefs) == previous.n_labels:
-            return previous
+        n = self._trainable(prefs)
+        if n < self.cfg.reward.min_labels_per_skill or n <= previous.n_labels:
+            return previous  # never replaced by a model trained on fewer labels (a given one included)
         init = None if previous.is_constant else previous.state_dict
         entry, _ = fit_skill_reward(
             skill, prefs, self.cfg.reward, seed=self.cfg.seed + self.retrains,

@@ -215,8 +215,7 @@ class Driver:
         if self.resume:
             learner_state, driver_state = load_checkpoint(self.run_dir, self.cfg)
         self.store = PreferenceStore(self.store_path)  # a damaged store or bad reward models: refused before Ray
-        reward_models = None if driver_state or self.cfg.reward.models is None else \
-            self._load_reward_models(Path(self.cfg.reward.models))
+        reward_models = self._starting_reward_models(driver_state)
         self._start_ray()
         self._place_actors(learner_state)
         names = [s.name for s in self.cfg.skills]
@@ -236,8 +235,10 @@ class Driver:
         self._reward_payload = None  # ref of the models the learner uses (refills a restarted trainer)
         if driver_state:
             self._restore(driver_state)
-        elif reward_models is not None:
-            self._start_from_reward_models(reward_models)
+        if reward_models is not None:
+            version = self._hand_to_learner(reward_models)
+            if not driver_state:
+                self.counters.reward_versions.append(version)
         if self.reward_trainer is not None:
             self._refill_reward_trainer()
         self.progress = Progress(names)
@@ -676,13 +677,14 @@ class Driver:
         from mmotif.rewards.versions import RewardModelSet
 
         names = [s.name for s in self.cfg.skills]
+        extra = {**extra, "started_from": self._given} if self._given else extra
         record, models = publish_trained(self.reward_root, RewardModelSet.from_payload(payload, skills=names),
                                          extra, names)
-        self._reward_payload = ray.put(models.to_payload())
-        ray.get(self.learner.set_reward_models.remote(self._reward_payload))
+        self._hand_to_learner(models)
         self.counters.reward_versions.append(record.version)
         self.metrics.record(self.counters.env_steps, {
             "reward_model_version": record.version,
+            **{f"reward_labels_excluded/{reason}": n for reason, n in extra.get("labels_excluded", {}).items()},
             **{f"reward_model_accuracy/{s}": acc for s, acc in zip(record.skills, record.val_accuracy)
                if acc is not None},
             **{f"reward_probe_margin/{s}": m for s, m in zip(record.skills, record.probe_margins)
@@ -707,7 +709,7 @@ class Driver:
             "store_cursor": self.store.cursor() if hasattr(self, "store") else 0,
             "reward_model_version": int(learner_state["reward_model_version"]),
             "labels": c.labels, "episodes": c.episodes, "reward_versions": c.reward_versions,
-            "rng": self.rng.bit_generator.state,
+            "rng": self.rng.bit_generator.state, "reward_models_given": getattr(self, "_given", None),
         }
         path = save_checkpoint(self.run_dir, self.cfg, learner_state, driver_state)
         log.info("checkpoint %s", path)
@@ -718,32 +720,25 @@ class Driver:
         self.counters.episodes = int(state["episodes"])
         self.counters.reward_versions = list(state["reward_versions"])
         self.rng.bit_generator.state = state["rng"]
-        version = int(state["reward_model_version"])
-        if version >= 0:  # read from the driver's own disk, sent to the learner by ref
-            from mmotif.rewards.versions import load
 
-            models = load(self.reward_root, version, skills=[s.name for s in self.cfg.skills])
-            self._reward_payload = ray.put(models.to_payload())
-            ray.get(self.learner.set_reward_models.remote(self._reward_payload))
+    def _starting_reward_models(self, driver_state: dict | None):
+        """The learner's first reward models (read from the driver's own disk, or from
+        `reward.models`), before Ray starts; records and describes given ones."""
+        from mmotif.rewards.given import GIVEN_VERSION, describe_given, given_record, starting_reward_models
+        from mmotif.rewards.provenance import run_provenance
 
-    def _load_reward_models(self, folder: Path):
-        """The `reward.models` version; a manifest of the wrong shape (valid JSON that is not
-        a manifest) is refused as a RewardVersionError too, in one line."""
-        from mmotif.rewards.versions import MANIFEST, RewardVersionError, load_dir
+        models = starting_reward_models(self.cfg, self.reward_root, driver_state)
+        self._given = (driver_state or {}).get("reward_models_given")
+        if models is not None and models.version == GIVEN_VERSION:
+            self._given = given_record(self.cfg.reward.models, models)
+            describe_given(self._given, run_provenance(self.cfg).to_dict())
+        return models
 
-        try:
-            return load_dir(folder, skills=[s.name for s in self.cfg.skills])
-        except RewardVersionError:
-            raise
-        except (AttributeError, KeyError, TypeError, ValueError) as err:
-            raise RewardVersionError(f"reward-model version {folder}: malformed {MANIFEST} "
-                                     f"({type(err).__name__}: {str(err)[:200]})") from None
-
-    def _start_from_reward_models(self, models) -> None:
-        """`reward.models`: the learner's first rewards, and the trainer's warm start."""
+    def _hand_to_learner(self, models) -> int:
+        """Sends reward models to the learner by object ref (kept to refill a restarted
+        trainer: given models are its warm start); returns the version the learner uses."""
         self._reward_payload = ray.put(models.to_payload())
-        version = ray.get(self.learner.set_reward_models.remote(self._reward_payload))
-        self.counters.reward_versions.append(version)
+        return ray.get(self.learner.set_reward_models.remote(self._reward_payload))
 
     # -- helpers -----------------------------------------------------------------------------
     def _request_stop(self, *_):

@@ -90,7 +90,9 @@ class AnnotatorActor:
 
     def __init__(self, config: dict):
         from mmotif.annotators.annotate import AnnotationStats
-        from mmotif.annotators.offline import examples_from_config, make_backend_from_config, tie_rule_from_config
+        from mmotif.annotators.offline import (
+            examples_from_config, generation_from_config, make_backend_from_config, tie_rule_from_config,
+        )
 
         cfg = _config(config)
         self.cfg = cfg
@@ -98,6 +100,7 @@ class AnnotatorActor:
         self.tie_rule = tie_rule_from_config(cfg)
         self.examples = examples_from_config(cfg)
         self.skills = {s.name: s.preference for s in cfg.skills}
+        self.generation = generation_from_config(cfg)
         self.score_cache: dict = {}
         self.stats = AnnotationStats()
 
@@ -108,11 +111,10 @@ class AnnotatorActor:
     def annotate(self, pairs):
         from mmotif.annotators.annotate import annotate_pairs
 
-        a = self.cfg.annotator
         t0 = time.perf_counter()
-        prefs = annotate_pairs(self.backend, pairs, self.skills, a.mode, score_cache=self.score_cache,
-                               tie_rule=self.tie_rule, examples=self.examples, stats=self.stats,
-                               max_tokens=a.max_tokens, temperature=a.temperature)
+        prefs = annotate_pairs(self.backend, pairs, self.skills, self.cfg.annotator.mode,
+                               score_cache=self.score_cache, tie_rule=self.tie_rule, examples=self.examples,
+                               stats=self.stats, **self.generation)
         return prefs, {**self.stats.as_dict(), "seconds": time.perf_counter() - t0}
 
 
