@@ -70,7 +70,8 @@ def test_cmd_eval_random_init_and_policy_file(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     args = parser.parse_args(["--task", "delphi", "--random-init", "--episodes", "2", "--max-steps", "15",
-                              "--policy", str(policy_file), "--out", str(tmp_path / "eval"), "--record", "0"])
+                              "--policy", str(policy_file), "--out", str(tmp_path / "eval"), "--record", "0",
+                              "--actors", "0"])
     assert cmd_eval(args) == 0
     out = capsys.readouterr().out
     assert "### Delphi" in out and "29.00% ± 1.20%" in out and str(policy_file) in out
@@ -90,3 +91,80 @@ def test_load_network_from_a_checkpoint_folder(tmp_path):
     for (k, a), (_, b) in zip(net.state_dict().items(), net2.state_dict().items()):
         assert torch.equal(a, b), k
     assert not any(p.requires_grad for p in net2.parameters())
+
+
+# ---------------------------------------------------------------------------------------
+# the paper's protocol: intervals, seeds, parallel actors, the generated policy by default
+# ---------------------------------------------------------------------------------------
+def test_wilson_interval_against_known_values():
+    from mmotif.evaluation.evaluate import episodes_for_half_width, wilson_interval
+
+    def close(got, want):
+        return all(abs(g - w) < 5e-5 for g, w in zip(got, want))
+
+    assert close(wilson_interval(81, 263), (0.2553, 0.3662))     # Newcombe (1998), example (i)
+    assert close(wilson_interval(15, 148), (0.0624, 0.1605))     # example (ii)
+    assert close(wilson_interval(0, 20), (0.0, 0.1611))          # example (iii): not empty at 0
+    assert close(wilson_interval(1, 29), (0.0061, 0.1718))       # example (iv)
+    low, high = wilson_interval(540, 1080)
+    assert (high - low) / 2 < 0.03 and episodes_for_half_width() == 1068
+
+
+def test_shard_plan_splits_episodes_over_seeds_and_workers():
+    from mmotif.evaluation.evaluate import shard_plan
+
+    plan = shard_plan(10, [0, 1, 2], workers=4)
+    assert sum(n for *_, n in plan) == 10 and {s for s, *_ in plan} == {0, 1, 2}
+    assert [sum(n for s, _, n in plan if s == seed) for seed in (0, 1, 2)] == [4, 3, 3]
+    assert len(plan) >= 4 and all(n > 0 for *_, n in plan)
+    assert shard_plan(2, [0, 1], workers=8) == [(0, 0, 1), (1, 0, 1)]      # never an empty shard
+
+
+def _eval_args(*argv):
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_parallel_eval_over_seeds_in_ray_actors(tmp_path, capsys):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        args = _eval_args("--task", "gnomish", "--random-init", "--reference", "--episodes", "4", "--seeds", "2",
+                          "--max-steps", "15", "--out", str(tmp_path / "eval"), "--record", "1")
+        assert cmd_eval(args) == 0
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "eval" / "gnomish" / "results.json").read_text())
+    summary, episodes = data["summary"], data["episodes"]
+    assert summary["per_seed"].keys() == {"0", "1"} and all(v["episodes"] == 2 for v in summary["per_seed"].values())
+    assert len({e["worker"] for e in episodes}) == 2 == summary["workers"]     # two actors played
+    assert summary["policy"] == "reference:gnomish"
+    iv = summary["interval95"]["exact"]
+    assert iv["low"] <= summary["exact"]["mean"] <= iv["high"] and iv["half_width"] > 0.03
+    assert "95% interval (Wilson)" in out and "wider than the paper-scale ±3" in out
+    assert Path(episodes[0]["replay"]).is_file()                  # sent back as bytes, written here
+
+
+def test_eval_uses_the_runs_generated_policy_and_the_reference_only_by_flag(tmp_path, capsys):
+    cfg = load_config(preset_name="local")
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_000000000100"
+    ckpt.mkdir(parents=True)
+    torch.save({"net": tiny_net(cfg).state_dict(), "env_steps": 100}, ckpt / "learner.pt")
+    (ckpt / "config.yaml").write_text(cfg.to_yaml())
+    (run / "checkpoints" / "LATEST").write_text(ckpt.name)
+    common = ("--task", "delphi", "--checkpoint", str(run), "--episodes", "2", "--seeds", "1",
+              "--max-steps", "10", "--record", "0", "--actors", "0")
+    assert cmd_eval(_eval_args(*common)) == 2
+    assert "no generated policy for delphi" in capsys.readouterr().err
+    (run / "plans").mkdir()
+    (run / "plans" / "delphi.py").write_text(reference_policy_source("delphi"))
+    assert cmd_eval(_eval_args(*common)) == 0
+    summary = json.loads((run / "eval" / "delphi" / "results.json").read_text())["summary"]
+    assert summary["policy"] == str(run / "plans" / "delphi.py") and summary["episodes"] == 2
+    assert cmd_eval(_eval_args(*common, "--reference")) == 0
+    summary = json.loads((run / "eval" / "delphi" / "results.json").read_text())["summary"]
+    assert summary["policy"] == "reference:delphi"

@@ -192,11 +192,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="with --random-init: run config YAML")
     parser.add_argument("--preset", default="local", help="with --random-init: preset (default local)")
     parser.add_argument("--policy", type=Path, default=None,
-                        help="policy file from `mmotif plan` (default: the task's shipped reference policy)")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--envs", type=int, default=None, help="envs stepped together (default ≤8)")
+                        help="policy file from `mmotif plan` (default: the run's generated one, "
+                             "<run>/plans/<task>.py)")
+    parser.add_argument("--reference", action="store_true",
+                        help="the task's shipped reference policy (hand-written, not generated)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes per task over all seeds (default: 1080 on a cluster, ±3 points; "
+                             "60 locally, and the table states the wider interval)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds --seed, --seed+1, ... (default: 9 on a cluster, as in the paper; 3 locally)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="parallel Ray actors (default: one per CPU of the machine or cluster; "
+                             "0: in this process, no Ray)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to run on (default: RAY_ADDRESS if set, else Ray on this machine)")
+    parser.add_argument("--envs", type=int, default=None, help="envs stepped together per actor (default ≤8)")
     parser.add_argument("--max-steps", type=int, default=None, help="episode step limit (default: config, 10,000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--greedy", action="store_true", help="argmax actions (the paper samples)")
     parser.add_argument("--record", type=int, default=1, help="episodes saved as replays (first N)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/eval or runs/eval)")

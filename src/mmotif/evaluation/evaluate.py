@@ -2,7 +2,9 @@
 (spec §10.1, §15.2).
 
 `evaluate(cfg, net, task, policy, episodes, seed)` runs episodes in a small batch of skill
-envs in this process. Every env carries the task's :class:`~mmotif.tasks.TaskTracker`
+envs in this process; `mmotif eval` spreads the episodes of several seeds over Ray actors
+(`mmotif.runtime.evaluation`), each running `evaluate` on its shard, and merges the shards
+(`merge_results`). Every env carries the task's :class:`~mmotif.tasks.TaskTracker`
 as its task hook (attributes wired into the policy, proxy and exact checks every step). The
 network acts with **sampled** actions (as in the reference), on the CPU, without gradients;
 its recurrent state is reset at every episode start.
@@ -13,8 +15,11 @@ for navigation and composite tasks, once *both* the proxy and the exact check ha
 stopping at the first would cut the other short). Interaction tasks always run to death or
 the step limit and count events.
 
-The results (per episode and mean ± standard error) go next to the paper's number for the
-task in a markdown table, a JSON file and a bar chart (PNG), written by `EvalResults.write`.
+The results (per episode; mean ± standard error; the 95% interval: Wilson's for success rates,
+mean ± 1.96 s.e. for counts; per seed) go next to the paper's number for the task in a markdown
+table, a JSON file and a bar chart (PNG), written by `EvalResults.write`. The paper averages
+about 1,000 episodes over 9 seeds (spec §10.1): a success rate's interval is then about ±3
+points; the table says when it is wider.
 `cmd_eval` runs the `mmotif eval` command (its arguments: `mmotif.cli`).
 """
 
@@ -42,10 +47,17 @@ from mmotif.tasks import TASKS, Task, TaskTracker, get_task, load_task_policy
 
 __all__ = [
     "EvalResults",
+    "PolicySource",
     "cmd_eval",
     "evaluate",
     "mean_se",
+    "merge_results",
+    "shard_plan",
+    "wilson_interval",
 ]
+
+Z95 = 1.959963984540054     # the two-sided 95% quantile of the standard normal
+TARGET_HALF_WIDTH = 0.03    # ±3 points: the paper's scale (about 1,000 episodes)
 
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt(n); 0 for fewer than two values)."""
@@ -54,6 +66,48 @@ def mean_se(values) -> tuple[float, float]:
         return math.nan, math.nan
     se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
     return float(v.mean()), se
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% with the default z).
+
+    It is the set of rates p whose test |p̂ - p| <= z·sqrt(p(1-p)/n) passes: centred on p̂ pulled
+    towards 1/2, inside [0, 1], and not of zero width at 0 or n successes (p̂ ± z·s.e. is both)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def episodes_for_half_width(half_width: float = TARGET_HALF_WIDTH, rate: float = 0.5) -> int:
+    """Episodes for a 95% interval of ±half_width at `rate` (0.5: the widest case)."""
+    return math.ceil(Z95 * Z95 * rate * (1 - rate) / half_width ** 2)
+
+
+def interval95(values, unit: str) -> dict:
+    """The 95% interval of per-episode values: Wilson's for 0/1 successes, mean ± 1.96 s.e. for counts."""
+    v = [float(x) for x in values]
+    if unit == "rate":
+        low, high = wilson_interval(sum(v), len(v))
+    else:
+        mean, se = mean_se(v)
+        low, high = mean - Z95 * se, mean + Z95 * se
+    return {"low": low, "high": high, "half_width": (high - low) / 2}
+
+
+def shard_plan(episodes: int, seeds: list[int], workers: int) -> list[tuple[int, int, int]]:
+    """(seed, shard, episodes) pieces: `episodes` split evenly over `seeds`, each seed's share
+    split into shards so that there are at least `workers` pieces (one per actor) when the
+    episodes allow."""
+    per_seed = [episodes // len(seeds) + (i < episodes % len(seeds)) for i in range(len(seeds))]
+    shards = max(1, math.ceil(workers / len(seeds)))
+    plan = []
+    for seed, n in zip(seeds, per_seed):
+        k = min(shards, n)
+        plan += [(seed, j, n // k + (j < n % k)) for j in range(k)]
+    return plan
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,12 +124,12 @@ class EvalResults:
     checkpoint: str = ""
     files: dict[str, str] = field(default_factory=dict)
 
-    def _fmt(self, mean: float, se: float) -> str:
+    def _fmt(self, mean: float, se: float | None = None) -> str:
         if math.isnan(mean):
             return "n/a"
         if self.task.paper.unit == "rate":
-            return f"{100 * mean:.1f}% ± {100 * se:.1f}%"
-        return f"{mean:.2f} ± {se:.2f}"
+            return f"{100 * mean:.1f}%" + ("" if se is None else f" ± {100 * se:.1f}%")
+        return f"{mean:.2f}" + ("" if se is None else f" ± {se:.2f}")
 
     def summary(self) -> dict:
         eps = self.episodes
@@ -92,6 +146,10 @@ class EvalResults:
             "paper": {"mean": self.task.paper.mean, "se": self.task.paper.se},
             "counts": {k: dict(zip(("mean", "se"), mean_se(e["counts"].get(k, 0) for e in eps)))
                        for k in count_keys},
+            "interval95": {check: interval95((e[check] for e in eps), self.task.paper.unit)
+                           for check in ("proxy", "exact")},
+            "per_seed": self.per_seed(),
+            "workers": len({e.get("worker", "") for e in eps}),
             "steps": dict(zip(("mean", "se"), mean_se(e["steps"] for e in eps))),
             "deaths": sum(bool(e["died"]) for e in eps),
             "truncated": sum(bool(e["truncated"]) for e in eps),
@@ -99,18 +157,50 @@ class EvalResults:
             "exact_method": dict(Counter(e["exact_method"] for e in eps)),
         }
 
+    def per_seed(self) -> dict[str, dict]:
+        seeds = sorted({e.get("seed", self.seed) for e in self.episodes})
+        out = {}
+        for seed in seeds:
+            eps = [e for e in self.episodes if e.get("seed", self.seed) == seed]
+            out[str(seed)] = {"episodes": len(eps), **{check: mean_se(e[check] for e in eps)[0]
+                                                        for check in ("proxy", "exact")}}
+        return out
+
+    def _fmt_interval(self, iv: dict) -> str:
+        if math.isnan(iv["low"]):
+            return "n/a"
+        if self.task.paper.unit == "rate":
+            return f"{100 * iv['low']:.1f}–{100 * iv['high']:.1f}% (±{100 * iv['half_width']:.1f} points)"
+        return f"{iv['low']:.2f}–{iv['high']:.2f} (±{iv['half_width']:.2f})"
+
+    def _width_note(self, s: dict) -> str:
+        half = max(iv["half_width"] for iv in s["interval95"].values())
+        if self.task.paper.unit != "rate" or math.isnan(half) or round(100 * half, 1) <= 100 * TARGET_HALF_WIDTH:
+            return ""
+        return (f"- **the 95% interval is ±{100 * half:.1f} points, wider than the paper-scale "
+                f"±{100 * TARGET_HALF_WIDTH:.0f}** ({s['episodes']} episodes; ±3 points needs up to "
+                f"{episodes_for_half_width():,}, e.g. `--episodes 1080 --seeds 9` on a cluster)")
+
     def table_markdown(self) -> str:
         s = self.summary()
         what = "success rate" if self.task.paper.unit == "rate" else f"{self.task.metric} per episode"
+        iv = s["interval95"]
+        interval = "95% interval (Wilson)" if self.task.paper.unit == "rate" else "95% interval (±1.96 s.e.)"
+        seeds = ", ".join(f"{k}: {self._fmt(v['exact'])} (n={v['episodes']})"
+                          for k, v in s["per_seed"].items())
         lines = [
-            f"### {self.task.title} ({self.task.kind}; {s['episodes']} episodes, "
-            f"≤{self.max_steps} steps, policy {self.policy_name})",
+            f"### {self.task.title} ({self.task.kind}; {s['episodes']} episodes over "
+            f"{len(s['per_seed'])} seed(s), {s['workers']} worker(s), ≤{self.max_steps} steps, "
+            f"policy {self.policy_name})",
             "",
             f"| {what} | mmotif proxy | mmotif exact | paper (MaestroMotif) |",
             "|---|---|---|---|",
             f"| mean ± s.e. | {self._fmt(s['proxy']['mean'], s['proxy']['se'])} | "
             f"{self._fmt(s['exact']['mean'], s['exact']['se'])} | {self.task.paper.format()} |",
+            f"| {interval} | {self._fmt_interval(iv['proxy'])} | {self._fmt_interval(iv['exact'])} | |",
             "",
+            *([note] if (note := self._width_note(s)) else []),
+            f"- exact per seed: {seeds}",
             f"- proxy: {self.task.proxy_rule}",
             f"- exact: {self.task.exact_rule} (decided by: "
             + ", ".join(f"{k} ×{v}" for k, v in s["exact_method"].items()) + ")",
@@ -179,6 +269,14 @@ def bar_chart(results: list[EvalResults], path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------
 # Running episodes
 # ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PolicySource:
+    """A task's policy over skills as text (None: the task's shipped reference policy)."""
+
+    source: str | None
+    name: str
+
+
 def _policy_copy(policy: CodePolicy, seed: int) -> CodePolicy:
     return CodePolicy.from_source(policy.source, policy.skill_names, policy.skills_with_precondition,
                                   name=policy.name, seed=seed, budget_s=policy.budget_s,
@@ -199,6 +297,8 @@ def evaluate(
     out_dir: str | Path | None = None,
     log=None,
     threads: int | None = 1,
+    shard: int = 0,
+    render: bool = True,
 ) -> EvalResults:
     """Run `episodes` episodes of `task` and return their results.
 
@@ -207,21 +307,29 @@ def evaluate(
     `out_dir/replays` (and render the first as GIF + HTML). log: a callable for one line
     per finished episode (default: print to stderr). threads: torch CPU threads during the
     run (restored afterwards; 1 is fastest for these small batches, and avoids OpenMP spinning
-    on a shared machine); None leaves torch's setting alone.
+    on a shared machine); None leaves torch's setting alone. shard: which piece of the seed's
+    episodes this is (its games, policies and sampled actions get their own random streams).
+    render: draw the first replay as GIF + HTML (off where the recordings travel elsewhere).
     """
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greedy,
-                         record, out_dir, log)
+                         record, out_dir, log, shard, render)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def _stream_seed(seed: int, shard: int) -> int:
+    """One random stream per (seed, shard); shard 0 keeps the seed's own numbers."""
+    return seed if shard == 0 else int(np.random.SeedSequence([seed, shard]).generate_state(1)[0] >> 1)
+
+
 def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greedy, record, out_dir,
-              log) -> EvalResults:
+              log, shard, render) -> EvalResults:
     task = get_task(task) if isinstance(task, str) else task
+    stream = _stream_seed(seed, shard)
     skills = SkillSet(skills=tuple(cfg.skills))
     num_envs = max(1, min(num_envs or min(episodes, 8), episodes))
     max_steps = max_steps or cfg.env.max_episode_steps
@@ -229,12 +337,12 @@ def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greed
 
     def make_policy(i: int) -> CodePolicy:
         if isinstance(policy, CodePolicy):
-            return _policy_copy(policy, seed * 1009 + i)
-        return load_task_policy(task, policy, skills, seed=seed * 1009 + i, budget_s=budget)
+            return _policy_copy(policy, stream * 1009 + i)
+        return load_task_policy(task, policy, skills, seed=stream * 1009 + i, budget_s=budget)
 
     def make_env(i: int) -> SkillEnv:
         return SkillEnv(skills, make_policy(i), crop=tuple(cfg.env.crop), max_episode_steps=max_steps,
-                        msg_max_keys=cfg.env.msg_max_keys, caption_rate=0.0, seed=seed * 1009 + i,
+                        msg_max_keys=cfg.env.msg_max_keys, caption_rate=0.0, seed=stream * 1009 + i,
                         task=TaskTracker(task))
 
     hooks = TaskEpisodes(task, episodes, skills.names, record=record, max_frames=max_steps + 1,
@@ -245,21 +353,33 @@ def _evaluate(cfg, net, task, policy, episodes, seed, num_envs, max_steps, greed
     if any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).to("cpu")          # the caller's network stays where it is
     net.eval()
-    torch.manual_seed(seed)
+    torch.manual_seed(stream)
     t0 = time.perf_counter()
     try:
         results = play(venv, net, greedy=greedy)
     finally:
         venv.close()
     results.sort(key=lambda r: r["episode"])
+    for r in results:
+        r.update(seed=seed, shard=shard)
     out = EvalResults(task, results, policy_name=policy_name, seed=seed, max_steps=max_steps,
                       wall_s=time.perf_counter() - t0)
-    if out_dir is not None and record:
-        _render_first_replay(out, Path(out_dir))
+    if out_dir is not None and record and render:
+        render_first_replay(out, Path(out_dir))
     return out
 
 
-def _render_first_replay(results: EvalResults, out_dir: Path) -> None:
+def merge_results(parts: list[EvalResults], wall_s: float | None = None) -> EvalResults:
+    """One task's shards (any seeds, any workers) as one result, episodes ordered by seed,
+    shard and episode."""
+    first = parts[0]
+    episodes = sorted((e for p in parts for e in p.episodes),
+                      key=lambda e: (e.get("seed", 0), e.get("shard", 0), e["episode"]))
+    return EvalResults(first.task, episodes, policy_name=first.policy_name, seed=min(p.seed for p in parts),
+                       max_steps=first.max_steps, wall_s=max(p.wall_s for p in parts) if wall_s is None else wall_s)
+
+
+def render_first_replay(results: EvalResults, out_dir: Path) -> None:
     from mmotif.evaluation.replay import Recording, render_gif, write_html
 
     for r in results.episodes:
@@ -295,39 +415,88 @@ def _task_names(tasks: list[str], policy: Path | None) -> list[str]:
     return names
 
 
-def cmd_eval(args) -> int:
+# Defaults of `mmotif eval`: on a cluster the paper's scale (±3 points at any rate; 9 seeds as
+# in the paper), on one machine minutes of work (the table then states the wider interval).
+CLUSTER_EPISODES, CLUSTER_SEEDS = 1080, 9
+LOCAL_EPISODES, LOCAL_SEEDS = 60, 3
+
+
+def generated_policy(run_dir: Path | None, task: str) -> Path | None:
+    """The run's generated policy for `task`: <run>/plans/<task>.py, as
+    `mmotif plan --task <task> --out <run>/plans` writes it."""
+    path = None if run_dir is None else run_dir / "plans" / f"{task}.py"
+    return path if path is not None and path.is_file() else None
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    """The run folder of a run, checkpoint folder or learner.pt argument."""
+    path = checkpoint.parent if checkpoint.is_file() else checkpoint
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def task_policies(names: list[str], args, run_dir: Path | None):
+    """task -> PolicySource: --policy, else --reference (the shipped policy), else the run's
+    generated one; ValueError naming the task without any."""
+    if args.policy is not None and args.reference:
+        raise ValueError("--policy and --reference exclude each other")
+    out = {}
+    for name in names:
+        path = args.policy or (None if args.reference else generated_policy(run_dir, name))
+        if path is not None:
+            out[name] = PolicySource(Path(path).read_text(), str(path))
+        elif args.reference:
+            out[name] = PolicySource(None, f"reference:{name}")
+        else:
+            where = f"{run_dir / 'plans' / (name + '.py')}" if run_dir else "(no run: --random-init)"
+            raise ValueError(f"no generated policy for {name} at {where}: write one with `mmotif plan "
+                             f"--task {name} --out {run_dir / 'plans' if run_dir else '<run>/plans'}`, "
+                             f"give --policy FILE, or --reference for the shipped reference policy")
+    return out
+
+
+def _load(args):
+    """(config, network, checkpoint label, run folder) of the command's arguments."""
     from mmotif.config import load_config
     from mmotif.models.build import make_network
+
+    if args.checkpoint is not None:
+        from mmotif.checkpoint import load_network
+
+        cfg, net, ckpt = load_network(args.checkpoint)
+        return cfg, net, ckpt, _run_folder(Path(args.checkpoint))
+    cfg = load_config(args.config, args.preset)
+    torch.manual_seed(args.seed)
+    return cfg, make_network(cfg), "random-init", None
+
+
+def cmd_eval(args) -> int:
+    from mmotif.checkpoint import CheckpointError
 
     try:
         names = _task_names(args.task, args.policy)
     except ValueError as err:
         print(f"mmotif eval: {err}", file=sys.stderr)
         return 2
-    if args.checkpoint is not None:
-        from mmotif.checkpoint import CheckpointError, load_network
-
-        try:
-            cfg, net, ckpt = load_network(args.checkpoint)
-        except (CheckpointError, FileNotFoundError) as err:
-            print(f"mmotif eval: {err}", file=sys.stderr)
+    for flag in ("episodes", "seeds", "actors"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "actors" else 1):
+            print(f"mmotif eval: --{flag} must be {'>= 0' if flag == 'actors' else '>= 1'}, got {value}",
+                  file=sys.stderr)
             return 2
-    elif args.random_init:
-        cfg = load_config(args.config, args.preset)
-        torch.manual_seed(args.seed)
-        net, ckpt = make_network(cfg), "random-init"
-    else:
+    if args.checkpoint is None and not args.random_init:
         print("mmotif eval: give --checkpoint <run> (or --random-init for a smoke test)", file=sys.stderr)
         return 2
-    out_root = args.out or (Path(args.checkpoint) / "eval" if args.checkpoint else Path("runs/eval"))
-    all_results = []
-    for name in names:
-        res = evaluate(cfg, net, name, args.policy, episodes=args.episodes, seed=args.seed,
-                       num_envs=args.envs, max_steps=args.max_steps, greedy=args.greedy,
-                       record=args.record, out_dir=out_root / name)
+    try:
+        cfg, net, ckpt, run_dir = _load(args)
+        policies = task_policies(names, args, run_dir)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"mmotif eval: {err}", file=sys.stderr)
+        return 2
+    out_root = args.out or (run_dir / "eval" if run_dir else Path("runs/eval"))
+    all_results = _run_all(cfg, net, policies, args, out_root)
+    for res in all_results:
         res.checkpoint = ckpt
-        res.write(out_root / name)
-        all_results.append(res)
+        res.write(out_root / res.task.name)
         print(res.table_markdown())
         for kind, path in res.files.items():
             print(f"  {kind}: {path}")
@@ -337,3 +506,42 @@ def cmd_eval(args) -> int:
         chart = bar_chart(all_results, out_root / "all_tasks.png") if has_matplotlib() else "no chart (no matplotlib)"
         print(f"all tasks: {out_root / 'results.md'}, {chart}")
     return 0
+
+
+def _run_all(cfg, net, policies, args, out_root: Path) -> list[EvalResults]:
+    """Every task's results: in Ray actors (all CPUs of the machine or cluster), or in this
+    process with --actors 0."""
+    if args.actors == 0:
+        episodes, seeds = _protocol(args, cluster=False)
+        return [_evaluate_in_process(cfg, net, task, policy, episodes, seeds, args, out_root / task)
+                for task, policy in policies.items()]
+    from mmotif.runtime.evaluation import connect, evaluate_on_ray
+
+    episodes, seeds = _protocol(args, cluster=connect(args.address))
+    by_task = evaluate_on_ray(cfg, net, policies, episodes, seeds, actors=args.actors, max_steps=args.max_steps,
+                              greedy=args.greedy, record=args.record, num_envs=args.envs, out_dir=out_root)
+    for task, res in by_task.items():
+        if args.record:
+            render_first_replay(res, out_root / task)
+    return list(by_task.values())
+
+
+def _protocol(args, cluster: bool) -> tuple[int, list[int]]:
+    """(episodes per task, seeds): the command's, else the cluster or the local defaults."""
+    episodes = args.episodes or (CLUSTER_EPISODES if cluster else LOCAL_EPISODES)
+    return episodes, [args.seed + k for k in range(args.seeds or (CLUSTER_SEEDS if cluster else LOCAL_SEEDS))]
+
+
+def _evaluate_in_process(cfg, net, task: str, policy: PolicySource, episodes: int, seeds: list[int], args,
+                         out_dir: Path) -> EvalResults:
+    code = None
+    if policy.source is not None:
+        skills = SkillSet(skills=tuple(cfg.skills))
+        code = CodePolicy.from_source(policy.source, skills.names, skills.with_precondition(), name=policy.name,
+                                      budget_s=cfg.env.policy_call_budget_s)
+    parts = [evaluate(cfg, net, task, code, episodes=n, seed=seed, num_envs=args.envs, max_steps=args.max_steps,
+                      greedy=args.greedy, record=args.record if seed == seeds[0] else 0, out_dir=out_dir)
+             for seed, _, n in shard_plan(episodes, seeds, 1)]
+    res = merge_results(parts, wall_s=sum(p.wall_s for p in parts))
+    res.policy_name = policy.name
+    return res
