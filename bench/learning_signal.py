@@ -125,12 +125,12 @@ def rollouts(cfg, net, episodes: int, envs: int, seed: int, probs: np.ndarray | 
         finished += venv.pop_finished_episodes()
     venv.close()
     finished = finished[:episodes]
-    depths = [e["max_depth"] for e in finished]
+    depths = [e.max_depth for e in finished]
     share = action_counts / action_counts.sum()
     return {"episodes": len(finished), "max_depths": depths, "action_probs": share.tolist(),
             "mean_max_depth": float(np.mean(depths)),
             "share_deeper_than_1": float(np.mean([d > 1 for d in depths])),
-            "mean_episode_steps": float(np.mean([e["episode_steps"] for e in finished])),
+            "mean_episode_steps": float(np.mean([e.episode_steps for e in finished])),
             "action_share": {name: round(float(share[INDEX[name]]), 4) for name in ("DOWN", "PRAY", "WAIT")}}
 
 

@@ -107,9 +107,9 @@ def rates(episodes: list[dict], skill: str, event: str, min_steps: int) -> list[
     """Per-episode rate of `event` per PER_STEPS steps of `skill`, where it acted enough."""
     out = []
     for e in episodes:
-        steps = e["skill_steps"].get(skill, 0)
+        steps = e.skill_steps.get(skill, 0)
         if steps >= min_steps:
-            out.append(PER_STEPS * e["competence"][skill][event] / steps)
+            out.append(PER_STEPS * e.competence[skill][event] / steps)
     return out
 
 
@@ -140,8 +140,8 @@ def compare(cfg, trained: list[dict], random_: list[dict], min_steps: int, min_e
     return out
 
 
-def mean_length(episodes: list[dict]) -> float:
-    return round(float(np.mean([e["episode_steps"] for e in episodes])), 1)
+def mean_length(episodes: list) -> float:
+    return round(float(np.mean([e.episode_steps for e in episodes])), 1)
 
 
 def run_facts(run_dir: Path) -> dict:

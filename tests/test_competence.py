@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmotif.config import load_config
+from mmotif.contract import EpisodeSummary
 from mmotif.nethack import actions as A
 from mmotif.nethack.features import BL_DEPTH, BL_DNUM, BL_TIME, BL_X
 from mmotif.evaluation.report import write_report
@@ -97,9 +98,14 @@ def test_the_step_that_ends_the_game_reads_no_map():
     assert not any(c.summary(NAMES)["discoverer"].values())
 
 
+def summary(skill_steps, competence):
+    return EpisodeSummary(episode_steps=sum(skill_steps.values()), score=0, skill_switches=0, max_depth=1,
+                          policy_errors=0, truncated=True, skill_steps=skill_steps, competence=competence)
+
+
 def test_tallies_rates_and_window():
-    episode = {"skill_steps": {"descender": 500, "discoverer": 2000, "merchant": 0},
-               "competence": {"descender": {"descent": 2}, "discoverer": {"new_cells": 300, "kill": 4}}}
+    episode = summary({"descender": 500, "discoverer": 2000, "merchant": 0},
+                      {"descender": {"descent": 2}, "discoverer": {"new_cells": 300, "kill": 4}})
     tally = CompetenceTally()
     tally.add_episode(episode)
     tally.add_episode(episode)
@@ -110,8 +116,8 @@ def test_tallies_rates_and_window():
     assert pooled["descender"]["descent"] == pytest.approx(1000 * 4 / 5000)
     window = WindowTally(window_steps=2500)
     for steps in (1000, 100, 100):
-        window.add_episode({"skill_steps": {"descender": steps}, "competence": {"descender": {"descent": 1}}})
-    window.add_episode({"skill_steps": {"descender": 2500}, "competence": {"descender": {"descent": 0}}})
+        window.add_episode(summary({"descender": steps}, {"descender": {"descent": 1}}))
+    window.add_episode(summary({"descender": 2500}, {"descender": {"descent": 0}}))
     assert window.episodes == 1 and window.rates()["descender"]["descent"] == 0.0
 
 
@@ -160,7 +166,7 @@ def test_kills_and_new_cells_count_up_in_a_random_game():
     for _ in range(20_000):
         _, _, term, trunc, info = env.step(int(rng.integers(A.NUM_ACTIONS)))
         if term or trunc:
-            tally.add_episode(info)
+            tally.add_episode(env.episode_summary(trunc))
             totals = {e: sum(r.get(e, 0) for r in tally.counts.values()) for e in ("kill", "new_cells")}
             if totals["kill"] > 0 and totals["new_cells"] > 0:
                 break

@@ -24,9 +24,9 @@ def test_a_game_that_cannot_reset_is_rebuilt_recorded_and_play_goes_on():
     env.reset()
     assert env.game is not first_game, "the failed game is replaced by a fresh NLE instance"
     (record,) = env.pop_rebuilds()
-    assert record["rebuilt"] and "did not reach the move loop" in record["error"]
-    assert record["screen"] and any(line.strip() for line in record["screen"]), "the screen is recorded"
-    assert len(record["misc"]) == 3 and record["program_state"], "the prompt state is recorded"
+    assert record.rebuilt and "did not reach the move loop" in record.error
+    assert record.screen and any(line.strip() for line in record.screen), "the screen is recorded"
+    assert len(record.misc) == 3 and record.program_state, "the prompt state is recorded"
     rng = np.random.default_rng(0)
     for _ in range(50):
         env.step(int(rng.integers(A.NUM_ACTIONS)))
@@ -42,7 +42,7 @@ def test_a_reset_failing_past_the_rebuild_budget_raises_one_clear_line():
     msg = str(err.value)
     assert f"after {MAX_GAME_REBUILDS} fresh NLE instances" in msg and "last screen" in msg and "\n" not in msg
     records = env.pop_rebuilds()
-    assert [r["rebuilt"] for r in records] == [True] * MAX_GAME_REBUILDS + [False]
+    assert [r.rebuilt for r in records] == [True] * MAX_GAME_REBUILDS + [False]
     env.close()
 
 
@@ -53,7 +53,7 @@ def test_a_later_reset_in_a_vector_env_is_rebuilt_mid_rollout():
     for _ in range(25):
         venv.step(np.zeros(2, np.int64) + A.ACTION_NAMES.index("WAIT"))
     records = venv.pop_rebuilds()
-    assert [(r["env"], r["rebuilt"]) for r in records] == [(1, True), (1, True)]
+    assert [(r.env, r.rebuilt) for r in records] == [(1, True), (1, True)]
     assert len(venv.pop_finished_episodes()) >= 2, "both games went on to new episodes"
     venv.close()
 
@@ -62,8 +62,8 @@ def test_rollout_worker_reports_rebuilds_and_a_restart_clears_the_injected_fault
     cfg = local(faults={"reset_fails_at_attempt": 1}, learner={"rollout": 8})
     worker = RolloutWorker(cfg, actor_id=0, seed=0, num_envs=2)
     worker.collect()
-    (record,) = worker.pop_rebuilds()
-    assert (record["actor"], record["env"], record["rebuilt"]) == (0, 0, True)
+    (record,) = worker.pop_side_log().rebuilds
+    assert (record.actor, record.env, record.rebuilt) == (0, 0, True)
     worker.reseed(5)
     assert not worker.venv.envs[0]._failing_attempts
     worker.close()

@@ -148,14 +148,14 @@ def test_corrupt_or_mismatched_versions_are_refused(tmp_path):
         load_dir(v2)
 
 
-def test_payload_round_trip():
+def test_update_round_trip():
     entries = [entry(s, i) for i, s in enumerate(SKILLS)]
     rset = RewardModelSet(entries, version=9)
-    again = RewardModelSet.from_payload(rset.to_payload(), skills=SKILLS)
+    again = RewardModelSet.from_update(rset.to_update(), skills=SKILLS)
     m, d, s = batch()
     assert again.version == 9 and torch.equal(rset.score(m, d, s), again.score(m, d, s))
     with pytest.raises(RewardVersionError, match="expects"):
-        RewardModelSet.from_payload(rset.to_payload(), skills=["x", "y", "z"])
+        RewardModelSet.from_update(rset.to_update(), skills=["x", "y", "z"])
 
 
 def test_bad_stats_are_refused():

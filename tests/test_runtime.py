@@ -81,8 +81,8 @@ def test_reward_version_published_mid_run_is_used(tmp_path, ray_local):
     entries = [SkillReward(name=n, state_dict=None,
                            stats=RewardStats(mean=-10.0, std=1.0, threshold_quantile=0.5, threshold=0.0,
                                              quantiles=[0.0] * 19, n_unique=1)) for n in names]
-    payload = RewardModelSet(entries, version=7).to_payload()
-    assert ray.get(learner.set_reward_models.remote(payload)) == 7
+    update = RewardModelSet(entries, version=7).to_update()
+    assert ray.get(learner.set_reward_models.remote(update)) == 7
     stats = ray.get(learner.add.remote(actor.collect.remote()[0]))
     assert stats["reward_model_version"] == 7 and stats["intrinsic_reward_mean"] > 0
 

@@ -162,7 +162,7 @@ def test_vector_env_steps_in_place_and_resets_finished_games():
         obs, rewards, dones = venv.step(np.full(3, A.INDEX["SEARCH"]))
     assert dones.all()  # truncated at 5 steps, and already reset
     episodes = venv.pop_finished_episodes()
-    assert len(episodes) == 3 and all(e["truncated"] and e["episode_steps"] == 5 for e in episodes)
+    assert len(episodes) == 3 and all(e.truncated and e.episode_steps == 5 for e in episodes)
     assert venv.pop_captions(), "captions are sampled from the running games"
     venv.close()
 
@@ -239,7 +239,7 @@ def test_a_death_reads_as_a_death_not_as_climbing():
     for _ in range(20_000):  # a random Monk dies within a few hundred steps
         depth_before = env.game.blstats[12]
         _, _, dones = venv.step(rng.integers(A.NUM_ACTIONS, size=1))
-        if dones[0] and not venv.finished_episodes[-1]["truncated"]:
+        if dones[0] and not venv.finished_episodes[-1].truncated:
             break
     else:
         pytest.skip("no game ended in a death")

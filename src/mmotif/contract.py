@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,6 +201,12 @@ def encode_reward_input(message: str | bytes | np.ndarray, depth_change: int,
     return msg, diff
 
 
+# Per-step arrays of a trajectory, each (T, B): name -> dtype. The reward-model inputs of the
+# observation that followed each step come beside them as next_<key> (REWARD_INPUT_KEYS).
+STEP_DTYPES = {"actions": np.int64, "logp": np.float32, "values": np.float32,
+               "env_rewards": np.float32, "dones": np.bool_}
+
+
 @dataclass
 class TrajectoryBatch:
     """T steps of B envs from one rollout actor; numpy arrays, time-major.
@@ -211,6 +218,9 @@ class TrajectoryBatch:
     intrinsic reward of step t is r_{skill_t}(next_message_t, next_diffstats_t) divided by
     next_msg_count_t**beta. (The reference rewarded o_t's own message with o_t's skill;
     rewarding the outcome credits the skill that caused it.)
+
+    A new per-step field is declared here and in STEP_DTYPES; `allocate` and
+    `concat_batches` (the learner's) follow the declarations.
     """
 
     obs: dict[str, np.ndarray]  # (T+1, B, ...) per observation_spec
@@ -226,9 +236,36 @@ class TrajectoryBatch:
     policy_version: int
     actor_id: int
 
+    @classmethod
+    def allocate(cls, T: int, obs_like: dict[str, np.ndarray], core_state: np.ndarray,
+                 policy_version: int, actor_id: int) -> TrajectoryBatch:
+        """Zeroed arrays for T steps of the envs whose batched observation is `obs_like`."""
+        B = next(iter(obs_like.values())).shape[0]
+        steps = {name: np.zeros((T, B), dtype) for name, dtype in STEP_DTYPES.items()}
+        nexts = {f"next_{k}": np.zeros((T, *obs_like[k].shape), obs_like[k].dtype) for k in REWARD_INPUT_KEYS}
+        obs = {k: np.zeros((T + 1, *v.shape), v.dtype) for k, v in obs_like.items()}
+        return cls(obs=obs, **steps, **nexts, core_state=core_state,
+                   policy_version=policy_version, actor_id=actor_id)
+
     @property
     def env_steps(self) -> int:
         return int(self.actions.size)
+
+
+def concat_batches(batches: list[TrajectoryBatch]) -> dict[str, Any]:
+    """One (T, sum B) batch of every array field (dicts of arrays per key) from several
+    rollouts; the env axis is 1, core_state's is 0. Scalars (versions, ids) are left out."""
+    def cat(arrays, name):
+        return np.concatenate(arrays, axis=0 if name == "core_state" else 1)
+
+    out: dict[str, Any] = {}
+    for f in fields(TrajectoryBatch):
+        first = getattr(batches[0], f.name)
+        if isinstance(first, dict):
+            out[f.name] = {k: cat([getattr(b, f.name)[k] for b in batches], f.name) for k in first}
+        elif isinstance(first, np.ndarray):
+            out[f.name] = cat([getattr(b, f.name) for b in batches], f.name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -238,3 +275,53 @@ class PolicyVersion:
     version: int
     weights: dict[str, np.ndarray]
     env_steps: int  # env steps the learner had consumed when it published this version
+
+
+@dataclass(frozen=True)
+class RewardModelUpdate:
+    """New per-skill reward models in transit (trainer -> driver -> learner, by object ref;
+    no shared disk). `mmotif.rewards.versions.RewardModelSet.to_update` / `from_update`."""
+
+    version: int | None
+    manifest: dict[str, Any]  # the version's manifest.json content
+    state_dicts: tuple[dict[str, Any] | None, ...]  # CPU tensors per skill; None: constant reward
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    """One finished training episode, as the rollout that played it reports it: the driver's
+    episode metrics and the competence yardstick (mmotif.skills.competence) read it."""
+
+    episode_steps: int
+    score: int
+    skill_switches: int
+    max_depth: int
+    policy_errors: int
+    truncated: bool
+    skill_steps: dict[str, int]  # env steps each skill acted
+    competence: dict[str, dict[str, int]]  # {skill: {event: count}} while that skill acted
+
+
+@dataclass(frozen=True)
+class EnvRebuild:
+    """A reset that never reached the move loop, with what the screen and prompt showed;
+    `rebuilt`: the game was replaced by a fresh NLE instance (False: gave up)."""
+
+    attempt: int
+    rebuilt: bool
+    error: str
+    screen: tuple[str, ...]
+    message: str = ""
+    misc: tuple[int, ...] = ()
+    program_state: tuple[int, ...] = ()
+    env: int = -1  # index in its vector env
+    actor: int = -1  # rollout actor id
+
+
+@dataclass
+class RolloutSideLog:
+    """What a rollout reports beside each trajectory (to the driver, not the learner)."""
+
+    episodes: list[EpisodeSummary] = field(default_factory=list)
+    captions: list[Caption] = field(default_factory=list)
+    rebuilds: list[EnvRebuild] = field(default_factory=list)

@@ -7,15 +7,15 @@ trajectories (sample-factory's rollout + inference roles in one process).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 
-import numpy as np
 import torch
 
 from mmotif.config import RunConfig
-from mmotif.contract import PolicyVersion, TrajectoryBatch
+from mmotif.contract import PolicyVersion, RolloutSideLog, TrajectoryBatch
 from mmotif.models.build import make_network
 from mmotif.models.network import SkillPolicyNet, mask_state
 from mmotif.skills.build import make_vector_env
@@ -32,11 +32,9 @@ class RolloutWorker:
             self.venv.envs[0].inject_reset_failures(cfg.faults.reset_fails_at_attempt, cfg.faults.reset_fails_times)
         self.net: SkillPolicyNet = make_network(cfg).eval()
         self.policy_version = -1
-        B = self.venv.num_envs
         self._obs = self.venv.reset()
         self._obs_t = {k: torch.from_numpy(v) for k, v in self._obs.items()}  # shares memory
-        self._state = self.net.initial_state(B)
-        self._buf_obs = {k: np.zeros((self.T + 1, *v.shape), v.dtype) for k, v in self._obs.items()}
+        self._state = self.net.initial_state(self.venv.num_envs)
         self.env_steps = 0
         last = actor_id == (cfg.actors.num_actors - 1 if isinstance(cfg.actors.num_actors, int) else 0)
         self._crash_at = list(cfg.faults.crash_rollout_at_steps) if actor_id == 0 else []
@@ -59,35 +57,28 @@ class RolloutWorker:
         self.policy_version = version.version
 
     def collect(self) -> TrajectoryBatch:
-        T, B = self.T, self.venv.num_envs
-        actions = np.zeros((T, B), np.int64)
-        logp = np.zeros((T, B), np.float32)
-        values = np.zeros((T, B), np.float32)
-        env_rewards = np.zeros((T, B), np.float32)
-        dones = np.zeros((T, B), bool)
-        next_inputs = {k: np.zeros((T, *v.shape), v.dtype) for k, v in self.venv.reward_inputs.items()}
-        start_state = self._state.clone().numpy()
+        T = self.T
+        batch = TrajectoryBatch.allocate(T, self._obs, self._state.clone().numpy(), self.policy_version, self.actor_id)
+        next_inputs = {k: getattr(batch, f"next_{k}") for k in self.venv.reward_inputs}
         for t in range(T):
             for k, v in self._obs.items():
-                self._buf_obs[k][t] = v
+                batch.obs[k][t] = v
             action, lp, value, state = self.net.act(self._obs_t, self._state)
-            actions[t], logp[t], values[t] = action.numpy(), lp.numpy(), value.numpy()
-            _, rewards, done = self.venv.step(actions[t])
-            env_rewards[t], dones[t] = rewards, done
+            batch.actions[t], batch.logp[t], batch.values[t] = action.numpy(), lp.numpy(), value.numpy()
+            _, batch.env_rewards[t], batch.dones[t] = self.venv.step(batch.actions[t])
             for k, v in self.venv.reward_inputs.items():
                 next_inputs[k][t] = v
-            self._state = mask_state(state, torch.from_numpy(done))
+            self._state = mask_state(state, torch.from_numpy(batch.dones[t]))
         for k, v in self._obs.items():
-            self._buf_obs[k][T] = v
-        self.env_steps += T * B
+            batch.obs[k][T] = v
+        self.env_steps += batch.env_steps
         self._inject_faults()
-        return TrajectoryBatch(
-            obs={k: v.copy() for k, v in self._buf_obs.items()},
-            actions=actions, logp=logp, values=values, env_rewards=env_rewards, dones=dones,
-            next_message=next_inputs["message"], next_diffstats=next_inputs["diffstats"],
-            next_msg_count=next_inputs["msg_count"], core_state=start_state,
-            policy_version=self.policy_version, actor_id=self.actor_id,
-        )
+        return batch
+
+    def pop_side_log(self) -> RolloutSideLog:
+        """Episodes finished, captions sampled and failed resets since the last call."""
+        rebuilds = [dataclasses.replace(r, actor=self.actor_id) for r in self.venv.pop_rebuilds()]
+        return RolloutSideLog(self.venv.pop_finished_episodes(), self.venv.pop_captions(), rebuilds)
 
     def _inject_faults(self) -> None:
         """Configured faults (soak/recovery tests): die like a NetHack segfault, or hang."""
@@ -97,15 +88,6 @@ class RolloutWorker:
             os.kill(os.getpid(), signal.SIGSEGV)
         if crossed(self._stall_at):
             time.sleep(self._stall_seconds)
-
-    def pop_captions(self):
-        return self.venv.pop_captions()
-
-    def pop_finished_episodes(self) -> list[dict]:
-        return self.venv.pop_finished_episodes()
-
-    def pop_rebuilds(self) -> list[dict]:
-        return [{"actor": self.actor_id, **record} for record in self.venv.pop_rebuilds()]
 
     def close(self) -> None:
         self.venv.close()

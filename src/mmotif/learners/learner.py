@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mmotif.config import RunConfig
-from mmotif.contract import PolicyVersion, TrajectoryBatch
+from mmotif.contract import PolicyVersion, TrajectoryBatch, concat_batches
 from mmotif.learners.appo import learner_step, make_optimizer
 from mmotif.models.build import make_network
 from mmotif.rewards.versions import RewardModelSet
@@ -27,22 +27,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("learner.device is 'cuda' but this node has no CUDA device; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def concat_batches(batches: list[TrajectoryBatch]) -> dict[str, np.ndarray]:
-    """One (T, sum B) batch from several rollouts (env axis is 1; core_state's is 0)."""
-    def cat(get, axis=1):
-        return np.concatenate([get(b) for b in batches], axis=axis)
-
-    obs = {k: cat(lambda b, k=k: b.obs[k]) for k in batches[0].obs}
-    return {
-        "obs": obs,
-        "actions": cat(lambda b: b.actions), "logp": cat(lambda b: b.logp),
-        "values": cat(lambda b: b.values), "env_rewards": cat(lambda b: b.env_rewards),
-        "dones": cat(lambda b: b.dones), "next_message": cat(lambda b: b.next_message),
-        "next_diffstats": cat(lambda b: b.next_diffstats), "next_msg_count": cat(lambda b: b.next_msg_count),
-        "core_state": cat(lambda b: b.core_state, axis=0),
-    }
 
 
 class Learner:

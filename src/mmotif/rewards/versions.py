@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, RewardModelVersion
+from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, RewardModelUpdate, RewardModelVersion
 from mmotif.durable import fsync_dir, write_durably
 from mmotif.rewards.model import RewardModel
 from mmotif.rewards.stats import RewardStats
@@ -200,18 +200,19 @@ class RewardModelSet:
             n_labels=tuple(int(e.n_labels) for e in self.entries),
             val_accuracy=tuple(e.val_accuracy for e in self.entries), created_at=time.time())
 
-    def to_payload(self) -> dict:
-        """Picklable CPU form (for the Ray object store when there is no shared filesystem)."""
-        return dict(manifest=self.manifest(), version=self.version,
-                    state_dicts=[None if e.state_dict is None else {k: v.detach().cpu() for k, v in e.state_dict.items()}
-                                 for e in self.entries])
+    def to_update(self) -> RewardModelUpdate:
+        """The picklable CPU form that crosses processes (no shared filesystem needed)."""
+        return RewardModelUpdate(
+            version=self.version, manifest=self.manifest(),
+            state_dicts=tuple(None if e.state_dict is None else {k: v.detach().cpu() for k, v in e.state_dict.items()}
+                              for e in self.entries))
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], *, skills: Sequence[str] | None = None,
-                     device: str | torch.device = "cpu") -> "RewardModelSet":
-        entries = _entries_from_manifest(payload["manifest"], payload["state_dicts"], where="payload")
-        _check_skills([e.name for e in entries], skills, where="payload")
-        return cls(entries, version=payload.get("version"), device=device)
+    def from_update(cls, update: RewardModelUpdate, *, skills: Sequence[str] | None = None,
+                    device: str | torch.device = "cpu") -> "RewardModelSet":
+        entries = _entries_from_manifest(update.manifest, list(update.state_dicts), where="reward-model update")
+        _check_skills([e.name for e in entries], skills, where="reward-model update")
+        return cls(entries, version=update.version, device=device)
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{e.name}:{'const' if e.is_constant else e.n_labels}" for e in self.entries)

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from mmotif.annotators.sampler import PairSampler
 from mmotif.checkpoint import load_network, save_checkpoint
 from mmotif.config import ConfigError, RunConfig
-from mmotif.contract import append_captions
+from mmotif.contract import EnvRebuild, append_captions
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.cluster import (
     LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, autoscaler_bundles,
@@ -232,7 +232,7 @@ class Driver:
         self._retrain_checked_at = 0.0
         self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir, wandb=wandb_logger(self.cfg))
-        self._reward_payload = None  # ref of the models the learner uses (refills a restarted trainer)
+        self._reward_update = None  # ref of the models the learner uses (refills a restarted trainer)
         if driver_state:
             self._restore(driver_state)
         if reward_models is not None:
@@ -475,8 +475,8 @@ class Driver:
         counts (mmotif.skills.competence) become events per 1,000 steps of the acting skill:
         `competence/<skill>:<event>` over this process's run, `competence_recent/...` over
         the latest COMPETENCE_WINDOW_STEPS env steps of finished episodes."""
-        episodes, captions, rebuilds = side_log
-        self._record_rebuilds(rebuilds)
+        episodes, captions = side_log.episodes, side_log.captions
+        self._record_rebuilds(side_log.rebuilds)
         self.sampler.add_captions(captions)
         append_captions(self.run_dir / "captions.jsonl", captions)
         if episodes:
@@ -485,28 +485,28 @@ class Driver:
                 self._competence.add_episode(episode)
                 self._competence_recent.add_episode(episode)
             self.metrics.record(self.counters.env_steps, {
-                "episode_length": float(np.mean([e["episode_steps"] for e in episodes])),
-                "episode_score": float(np.mean([e["score"] for e in episodes])),
-                "skill_switches": float(np.mean([e["skill_switches"] for e in episodes])),
+                "episode_length": float(np.mean([e.episode_steps for e in episodes])),
+                "episode_score": float(np.mean([e.score for e in episodes])),
+                "skill_switches": float(np.mean([e.skill_switches for e in episodes])),
                 "episodes_total": self.counters.episodes,
                 **metric_values(self._competence.rates(), "competence"),
                 **metric_values(self._competence_recent.rates(), "competence_recent"),
             })
         self._poll_random_baseline()
 
-    def _record_rebuilds(self, records: list[dict]) -> None:
+    def _record_rebuilds(self, records: list[EnvRebuild]) -> None:
         """Resets that never reached the move loop (mmotif.skills.env): each logged with its
         screen and prompt state and kept in env_rebuilds.jsonl; rebuilt games counted."""
         if not records:
             return
         with open(self.run_dir / "env_rebuilds.jsonl", "a") as f:
             for r in records:
-                f.write(json.dumps({"env_steps": self.counters.env_steps, "time": time.time(), **r}) + "\n")
+                f.write(json.dumps({"env_steps": self.counters.env_steps, "time": time.time(), **asdict(r)}) + "\n")
         for r in records:
-            log.warning("rollout actor %d env %d: %s (misc %s, program_state %s)%s; screen: %s", r["actor"],
-                        r["env"], r["error"], r["misc"], r["program_state"],
-                        "; rebuilt with a fresh NLE game" if r["rebuilt"] else "", " | ".join(r["screen"])[:400])
-        self.counters.env_rebuilds += sum(bool(r["rebuilt"]) for r in records)
+            log.warning("rollout actor %d env %d: %s (misc %s, program_state %s)%s; screen: %s", r.actor,
+                        r.env, r.error, list(r.misc), list(r.program_state),
+                        "; rebuilt with a fresh NLE game" if r.rebuilt else "", " | ".join(r.screen)[:400])
+        self.counters.env_rebuilds += sum(r.rebuilt for r in records)
         self.metrics.record(self.counters.env_steps, {"env_rebuilds_total": self.counters.env_rebuilds})
 
     # -- competence yardstick ---------------------------------------------------------------
@@ -638,11 +638,11 @@ class Driver:
 
     def _refill_reward_trainer(self) -> None:
         """Sends the current models and every stored label (as already trained on)."""
-        if self._reward_payload is not None:
-            self.reward_trainer.set_current.remote(self._reward_payload)
+        if self._reward_update is not None:
+            self.reward_trainer.set_current.remote(self._reward_update)
         rows = list(self.store.iter_preferences())
         for i in range(0, len(rows), REFILL_CHUNK):
-            self.reward_trainer.add.remote(rows[i:i + REFILL_CHUNK], trained=self._reward_payload is not None)
+            self.reward_trainer.add.remote(rows[i:i + REFILL_CHUNK], trained=self._reward_update is not None)
         self._fed_rows, self._fed_cursor = len(rows), self.store.cursor()
 
     def _pump_reward_training(self, call):
@@ -652,7 +652,7 @@ class Driver:
                 return call
             self._retrain_checked_at = time.time()
             try:
-                rows_held, payload, extra = ray.get(ref)
+                rows_held, update, extra = ray.get(ref)
             except ray.exceptions.RayError as err:  # restarted by Ray (no limit): refilled when it answers
                 self.counters.reward_trainer_restarts += 1
                 log.warning("reward trainer failed (%d so far), restarting: %s",
@@ -664,13 +664,13 @@ class Driver:
                 log.warning("reward trainer holds %d of %d labels (restarted): refilling", rows_held, rows_sent)
                 self.counters.reward_trainer_refills += 1
                 self._refill_reward_trainer()
-            if payload is not None:
-                self._publish_reward_models(payload, extra)
+            if update is not None:
+                self._publish_reward_models(update, extra)
         if time.time() - self._retrain_checked_at < RETRAIN_CHECK_INTERVAL_S:
             return None  # asking again at once only makes the trainer count its labels
         return self.reward_trainer.maybe_retrain.remote(), self._fed_rows
 
-    def _publish_reward_models(self, payload: dict, extra: dict) -> None:
+    def _publish_reward_models(self, update, extra: dict) -> None:
         """Writes the trainer's new models as the next version, then hands them to the learner
         by object ref."""
         from mmotif.rewards.trainer import publish_trained
@@ -678,7 +678,7 @@ class Driver:
 
         names = [s.name for s in self.cfg.skills]
         extra = {**extra, "started_from": self._given} if self._given else extra
-        record, models = publish_trained(self.reward_root, RewardModelSet.from_payload(payload, skills=names),
+        record, models = publish_trained(self.reward_root, RewardModelSet.from_update(update, skills=names),
                                          extra, names)
         self._hand_to_learner(models)
         self.counters.reward_versions.append(record.version)
@@ -737,8 +737,8 @@ class Driver:
     def _hand_to_learner(self, models) -> int:
         """Sends reward models to the learner by object ref (kept to refill a restarted
         trainer: given models are its warm start); returns the version the learner uses."""
-        self._reward_payload = ray.put(models.to_payload())
-        return ray.get(self.learner.set_reward_models.remote(self._reward_payload))
+        self._reward_update = ray.put(models.to_update())
+        return ray.get(self.learner.set_reward_models.remote(self._reward_update))
 
     # -- helpers -----------------------------------------------------------------------------
     def _request_stop(self, *_):

@@ -36,9 +36,9 @@ class RolloutActor:
     @ray.method(num_returns=2)
     def collect(self):
         """Two objects: the trajectory (the driver passes its ref on to the learner) and the
-        rollout's side log for the driver (finished episodes, sampled captions, failed resets)."""
+        rollout's side log for the driver (a RolloutSideLog)."""
         batch = self.worker.collect()
-        return batch, (self.worker.pop_finished_episodes(), self.worker.pop_captions(), self.worker.pop_rebuilds())
+        return batch, self.worker.pop_side_log()
 
     def ready(self) -> bool:
         """Answers once the envs are built (after a restart too)."""
@@ -69,10 +69,10 @@ class LearnerActor:
     def weights(self):
         return self.learner.weights()
 
-    def set_reward_models(self, payload: dict) -> int:
+    def set_reward_models(self, update) -> int:
         from mmotif.rewards.versions import RewardModelSet
 
-        self.learner.set_reward_models(RewardModelSet.from_payload(payload, skills=self.learner.skills))
+        self.learner.set_reward_models(RewardModelSet.from_update(update, skills=self.learner.skills))
         return self.learner.reward_version
 
     def state(self) -> dict:
@@ -121,7 +121,7 @@ class AnnotatorActor:
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class RewardTrainerActor:
     """Holds no file: labels arrive from the store's owner (the driver), new models leave as
-    payloads. A restarted one starts empty and says so (`rows_received` 0): the driver refills it."""
+    RewardModelUpdate records. A restarted one starts empty and says so (`rows_received` 0): the driver refills it."""
 
     def __init__(self, config: dict):
         from mmotif.rewards.trainer import RewardTrainer
@@ -131,15 +131,15 @@ class RewardTrainerActor:
     def add(self, preferences: list, trained: bool = False) -> int:
         return self.trainer.add(preferences, trained=trained)
 
-    def set_current(self, payload: dict) -> None:
+    def set_current(self, update) -> None:
         from mmotif.rewards.versions import RewardModelSet
 
-        self.trainer.current = RewardModelSet.from_payload(payload, skills=self.trainer.skills)
+        self.trainer.current = RewardModelSet.from_update(update, skills=self.trainer.skills)
 
     def maybe_retrain(self, force: bool = False):
-        """(rows received, payload of new models or None, manifest extras or None)."""
+        """(rows received, the new models (a RewardModelUpdate) or None, manifest extras or None)."""
         trained = self.trainer.maybe_retrain(force)
         if trained is None:
             return self.trainer.rows_received, None, None
         models, extra = trained
-        return self.trainer.rows_received, models.to_payload(), extra
+        return self.trainer.rows_received, models.to_update(), extra

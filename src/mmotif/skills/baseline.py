@@ -50,6 +50,8 @@ def baseline_dir(cfg: RunConfig) -> Path:
 def policy_text(cfg: RunConfig) -> str:
     """The source the env's policy over skills is built from."""
     source = cfg.env.training_policy
+    if cfg.env.training_policy_code is not None:
+        return cfg.env.training_policy_code
     if source.startswith("builtin:"):
         from mmotif.skills.code_policy import BUILTIN_DIR
 
@@ -61,7 +63,7 @@ def policy_text(cfg: RunConfig) -> str:
 def baseline_key(cfg: RunConfig, steps: int = BASELINE_STEPS, num_envs: int = BASELINE_ENVS,
                  seed: int = 0) -> str:
     env = cfg.env.model_dump(mode="json")
-    for unused in ("caption_rate", "caption_gap"):
+    for unused in ("caption_rate", "caption_gap", "training_policy_code"):  # the code is in "policy"
         env.pop(unused, None)
     data = {
         "format": FORMAT_VERSION, "env": env, "skills": [s.model_dump(mode="json") for s in cfg.skills],
@@ -93,7 +95,7 @@ def compute_random_baseline(cfg: RunConfig, steps: int = BASELINE_STEPS, num_env
                 tally.add_episode(episode)
                 finished += 1
         for env in venv.envs:
-            tally.add_episode(env.info())
+            tally.add_episode(env.episode_summary(truncated=True))
     finally:
         venv.close()
     return {

@@ -39,6 +39,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from mmotif.contract import EpisodeSummary
 from mmotif.nethack.features import BL_DEPTH, BL_DNUM, BL_TIME, BL_X, BL_Y
 
 BL_EXP = 19  # NLE_BL_EXP: experience points
@@ -214,8 +215,8 @@ class CompetenceTally:
                 row[event] = row.get(event, 0) + sign * int(n)
         self.episodes += sign
 
-    def add_episode(self, episode: Mapping) -> None:
-        self.add(episode.get("competence", {}), episode.get("skill_steps", {}))
+    def add_episode(self, episode: EpisodeSummary) -> None:
+        self.add(episode.competence, episode.skill_steps)
 
     def rates(self, yardstick: bool = True) -> dict[str, dict[str, float]]:
         """{skill: {event: rate}} for every skill that acted; `yardstick`: only the events of
@@ -258,8 +259,8 @@ class WindowTally(CompetenceTally):
         self._episodes: deque = deque()
         self._steps = 0
 
-    def add_episode(self, episode: Mapping) -> None:
-        competence, steps = episode.get("competence", {}), episode.get("skill_steps", {})
+    def add_episode(self, episode: EpisodeSummary) -> None:
+        competence, steps = episode.competence, episode.skill_steps
         self.add(competence, steps)
         total = sum(steps.values())
         self._episodes.append((competence, steps, total))

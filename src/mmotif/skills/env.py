@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from mmotif.contract import Caption, DEFAULT_CROP, encode_reward_input, observation_spec
+from mmotif.contract import DEFAULT_CROP, Caption, EnvRebuild, EpisodeSummary, encode_reward_input, observation_spec
 from mmotif.nethack import actions as A
 from mmotif.nethack.captions import game_state, make_caption
 from mmotif.nethack.features import (
@@ -53,6 +53,13 @@ class EpisodeStats:
     last_policy_error: str = ""
     branch_depth: int = UNKNOWN_BRANCH
     skill_steps: list[int] = field(default_factory=list)
+
+
+def _rebuild_record(attempt: int, rebuilt: bool, err: ResetError) -> EnvRebuild:
+    state = err.state
+    return EnvRebuild(attempt=attempt, rebuilt=rebuilt, error=str(err), screen=tuple(state.get("screen", ())),
+                      message=state.get("message", ""), misc=tuple(state.get("misc", ())),
+                      program_state=tuple(state.get("program_state", ())))
 
 
 class SkillEnv(gym.Env):
@@ -132,7 +139,7 @@ class SkillEnv(gym.Env):
         and the `times - 1` after it fail for real (the game gets no keys to leave the intro)."""
         self._failing_attempts = range(at_reset, at_reset + times) if at_reset > 0 else range(0)
 
-    def pop_rebuilds(self) -> list[dict]:
+    def pop_rebuilds(self) -> list[EnvRebuild]:
         records, self.rebuilds = self.rebuilds, []
         return records
 
@@ -145,7 +152,7 @@ class SkillEnv(gym.Env):
                 return
             except ResetError as err:
                 give_up = attempt > MAX_GAME_REBUILDS
-                self.rebuilds.append({"attempt": attempt, "rebuilt": not give_up, "error": str(err), **err.state})
+                self.rebuilds.append(_rebuild_record(attempt, not give_up, err))
                 if give_up:
                     raise ResetError(f"{err}; still failing after {MAX_GAME_REBUILDS} fresh NLE instances "
                                      f"(last screen: {' | '.join(err.state['screen'])[:400]})", err.state) from None
@@ -242,6 +249,13 @@ class SkillEnv(gym.Env):
             "skill_steps": dict(zip(self._names, s.skill_steps)),
             "competence": self.competence.summary(self._names),  # {skill: {event: count}}
         }
+
+    def episode_summary(self, truncated: bool) -> EpisodeSummary:
+        s = self.stats
+        return EpisodeSummary(
+            episode_steps=s.steps, score=s.score, skill_switches=s.skill_switches, max_depth=s.max_depth,
+            policy_errors=s.policy_errors, truncated=bool(truncated),
+            skill_steps=dict(zip(self._names, s.skill_steps)), competence=self.competence.summary(self._names))
 
     def pop_captions(self) -> list[Caption]:
         captions, self.captions = self.captions, []

@@ -18,11 +18,12 @@ False) and episodes are recorded.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
-from mmotif.contract import REWARD_INPUT_KEYS, Caption
+from mmotif.contract import REWARD_INPUT_KEYS, Caption, EnvRebuild
 from mmotif.skills.env import SkillEnv
 
 
@@ -37,11 +38,9 @@ class EpisodeHooks:
         and the step limit)."""
         return False
 
-    def summary(self, i: int, env: SkillEnv, terminated: bool, truncated: bool) -> dict:
+    def summary(self, i: int, env: SkillEnv, terminated: bool, truncated: bool):
         """The record of env i's episode that just ended (goes to `finished_episodes`)."""
-        summary = env.info()
-        summary["truncated"] = truncated
-        return summary
+        return env.episode_summary(truncated)
 
     def another_episode(self, i: int) -> bool:
         """Whether env i starts an episode now (at reset and whenever one ends); False: it
@@ -124,9 +123,9 @@ class VectorSkillEnv:
     def pop_captions(self) -> list[Caption]:
         return [c for env in self.envs for c in env.pop_captions()]
 
-    def pop_rebuilds(self) -> list[dict]:
+    def pop_rebuilds(self) -> list[EnvRebuild]:
         """Failed resets since the last call (see SkillEnv._reset_game), each with its env's index."""
-        return [{"env": i, **record} for i, env in enumerate(self.envs) for record in env.pop_rebuilds()]
+        return [dataclasses.replace(record, env=i) for i, env in enumerate(self.envs) for record in env.pop_rebuilds()]
 
     def close(self) -> None:
         for env in self.envs:
