@@ -4,6 +4,7 @@ gone), while the run's own versions come from its rewards folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,31 @@ def test_the_driver_records_what_the_given_models_were_trained_on(run):
     resumed = Driver(cfg, resume=False)
     resumed._starting_reward_models({"reward_model_version": GIVEN_VERSION, "reward_models_given": given})
     assert resumed._given == given
+
+
+@pytest.mark.slow
+def test_a_run_given_models_scores_with_them_and_its_resume_goes_on_with_them(run):
+    """Real Ray, real learner: the checkpoint records version 0 and the given models, and the
+    resumed run's learner scores with them again (its own rewards folder has none)."""
+    from mmotif.runtime.driver import Driver
+    from mmotif.runtime.resume import load_checkpoint
+
+    cfg, own_root, record = run
+    cfg = load_config(preset_name="local", overrides={
+        "paths": {"run_dir": str(own_root.parent)}, "reward": {"models": record.path},
+        "time_limit_s": 12, "checkpoint_every_steps": 1024, "annotator": {"num_annotators": 0},
+        "actors": {"num_actors": 1, "envs_per_actor": 4}, "learner": {"batch_size": 128, "rollout": 32},
+        "evaluation": {"tasks": []}})
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+    try:
+        Driver(cfg).run()
+        _, state = load_checkpoint(own_root.parent, cfg)
+        assert state["reward_model_version"] == GIVEN_VERSION and state["reward_models_given"]["path"] == record.path
+        steps_before = state["env_steps"]
+        Driver(cfg, resume=True).run()
+    finally:
+        ray.shutdown()
+    rows = [json.loads(line) for line in (own_root.parent / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if "reward_model_version" in r and r["step"] > steps_before]
+    assert resumed and {r["reward_model_version"] for r in resumed} == {GIVEN_VERSION}
+    assert not own_root.exists() or not any(own_root.iterdir())
