@@ -1,4 +1,5 @@
-"""A stand-in for an LLM backend behind mmotif's OpenAI-compatible server (no model)."""
+"""Stand-ins for LLM backends (no model): behind mmotif's OpenAI-compatible server, and a
+scripted coder for the control flow of code generation."""
 
 
 class FakeModel:
@@ -20,3 +21,17 @@ class FakeModel:
 
     def first_token_logprobs(self, batch, k=1):
         return [[(" Yes", -0.2), (" No", -1.9), (" Maybe", -4.0)][:k]] * len(batch)
+
+
+class ScriptedLLM:
+    """Stand-in for an LLMBackend: returns prepared replies in order (control flow only)."""
+
+    name, model = "scripted", "stand-in"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.calls: list[list[dict]] = []
+
+    def chat(self, messages_batch, max_tokens=512, temperature=0.0, **_):
+        self.calls.extend(messages_batch)
+        return [self.replies.pop(0) for _ in messages_batch]

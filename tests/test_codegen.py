@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_llm import ScriptedLLM
 
 from mmotif.codegen import (
     PlanSpec, RunLimits, add_plan_arguments, cmd_plan, combine_generated, extract_code, is_yes, plan,
@@ -65,20 +66,6 @@ def reply_with(code: str, test: str | None = None) -> str:
     test = unit_test_scaffold(PlanSpec.for_task(GNOMISH), "branch_number == 2") if test is None else test
     return ("Questions: what can I control? Only the skill.\nStrategy: descend at the branch level.\n\n"
             f"```python\nimport random\n\n{code}\n{test}```\nThe test should end in the Mines.")
-
-
-class ScriptedLLM:
-    """Stand-in for an LLMBackend: returns prepared replies in order (control flow only)."""
-
-    name, model = "scripted", "stand-in"
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        self.calls: list[list[dict]] = []
-
-    def chat(self, messages_batch, max_tokens=512, temperature=0.0, **_):
-        self.calls.extend(messages_batch)
-        return [self.replies.pop(0) for _ in messages_batch]
 
 
 # ---------------------------------------------------------------------------------------

@@ -111,6 +111,9 @@ def cmd_run(args) -> int:
     if overrides:
         cfg = with_overrides(cfg, overrides, "command line")
     print(f"mmotif run '{cfg.name}' -> {cfg.paths.run_dir}")  # the driver prints the dashboard's address
+    from mmotif.codegen.skills_code import resolve_training_policy
+
+    cfg = resolve_training_policy(cfg)  # generate: the coder writes it now; a file: its text travels
     from mmotif.rewards.store import PreferenceStoreError
     from mmotif.rewards.versions import RewardVersionError
 
@@ -231,6 +234,14 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_plan)
 
 
+def _add_skills_code_arguments(p: argparse.ArgumentParser) -> None:
+    from mmotif.codegen.skills_code import add_skills_code_arguments, cmd_skills_code
+
+    add_skills_code_arguments(p)
+    _add_config_args(p)  # the skills and the coder: section; the flags above win
+    p.set_defaults(func=cmd_skills_code)
+
+
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     """`mmotif replay`'s arguments."""
     parser.add_argument("recording", type=Path, help="a recorded episode (.npz, e.g. from `mmotif eval --record`)")
@@ -305,6 +316,8 @@ def add_job_subcommands(sub, add_config_args) -> None:
 # name: (help, adds the arguments; imports the command's module)
 LAZY_COMMANDS = {
     "plan": ("write a policy over skills for a task instruction", _add_plan_arguments),
+    "skills-code": ("write the skills' initiation/termination functions and the training policy over "
+                    "skills (phases 2 and 3)", _add_skills_code_arguments),
     "eval": ("zero-shot evaluation of a task on a trained checkpoint", _add_eval_arguments),
     "replay": ("render a recorded episode as a GIF and an HTML player", _add_replay_arguments),
 }

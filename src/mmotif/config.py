@@ -36,6 +36,7 @@ DEFAULT_PRESET = "local"
 TTY_SHAPE = (24, 80)  # NetHack's tty (rows, cols): the largest crop
 MAX_POLICY_CALL_BUDGET_S = 10.0
 BUILTIN_TRAINING_POLICIES = ("exploration",)  # builtin:<name> (mmotif.skills.build)
+GENERATED_TRAINING_POLICY = "generate"  # written by the coder at the start of `mmotif run`
 POLICY_CLASS = "NetHackPlayer"  # mmotif.skills.code_policy.CLASS_NAME
 
 
@@ -44,7 +45,8 @@ def check_policy_file(source: str) -> None:
     and defines class NetHackPlayer."""
     path = Path(source)
     if not path.exists():
-        raise ValueError(f"{source!r} is neither builtin:{BUILTIN_TRAINING_POLICIES[0]} nor an existing file")
+        raise ValueError(f"{source!r} is neither builtin:{BUILTIN_TRAINING_POLICIES[0]}, "
+                         f"{GENERATED_TRAINING_POLICY} nor an existing file")
     if path.is_dir():
         raise ValueError(f"{source!r} is a directory, not a policy file")
     try:
@@ -76,8 +78,14 @@ class EnvConfig(_Section):
         0.05, gt=0.0, le=MAX_POLICY_CALL_BUDGET_S, allow_inf_nan=False,
         description="time budget of one code-policy call")
     training_policy: str = Field(
-        "builtin:exploration", description="code policy over skills: builtin:exploration or a file "
-        "defining class NetHackPlayer (checked at load, not run)")
+        "builtin:exploration", description="code policy over skills: builtin:exploration (hand-written), "
+        "generate (`mmotif run` has the coder write the skills' initiation/termination functions and the "
+        "policy over skills first, into <run_dir>/skills_code/; a part that fails its checks falls back to "
+        "its built-in, with a warning) or a file defining class NetHackPlayer, e.g. from `mmotif "
+        "skills-code` (checked at load, not run)")
+    training_policy_code: str | None = Field(
+        None, description="the policy's source itself, set by `mmotif run` from training_policy (a "
+        "file's text, the generated code), so actors on other nodes need no file; given, it wins")
 
     @field_validator("crop")
     @classmethod
@@ -91,6 +99,8 @@ class EnvConfig(_Section):
     @field_validator("training_policy")
     @classmethod
     def _policy_is_usable(cls, source: str, info: ValidationInfo) -> str:
+        if source == GENERATED_TRAINING_POLICY:
+            return source
         if source.startswith("builtin:"):
             name = source.removeprefix("builtin:")
             if name not in BUILTIN_TRAINING_POLICIES:

@@ -1,21 +1,18 @@
-"""LLM code generation with automated refinement (spec §6.1, §12.1, §15.1.8).
+"""LLM code generation of task policies over skills, with automated refinement (spec §12.1).
 
-`plan(instruction, llm, ...)`:
+`plan(instruction, llm, ...)` runs the shared refinement loop (:func:`mmotif.codegen.refine.refine`)
+with a :class:`TaskPhase`:
 
-1. ask the LLM (the prompt of :mod:`mmotif.codegen.prompts`) for the class and its unit test;
-2. take the first python code block of the reply (`extract_code`); drop ``import random``
-   (the sandbox provides ``random``); append the scaffold test if the reply has none;
-3. build the deployable policy from the generated class (:func:`combine_generated`: the
-   exploration helpers it lacks, the exploration initiation/termination functions and the
-   task's starting values; dry-run checked by :class:`~mmotif.skills.code_policy.CodePolicy`),
-   then run the LLM's unit test against that policy in the sandboxed subprocess
-   (:func:`mmotif.codegen.runner.run_unit_test`);
-4. if either failed, send the failure back and ask for a fix; otherwise send the test's
-   trace back with the check question, and accept only when the answer *starts* with "yes"
-   (case-insensitive, after stripping; ``is_yes``); otherwise ask for a line-by-line
-   reflection and a rewrite;
-5. at most 3 rewrites (4 generations in all). Every generation is stored as JSON (prompt
-   messages, model, each iteration's reply, code, test output, verdict, acceptance).
+1. the prompt of :mod:`mmotif.codegen.prompts` asks for the class and its unit test;
+2. ``import random`` is dropped (the sandbox provides ``random``); the scaffold test is
+   appended if the reply has none;
+3. the deployable policy is built from the generated class (:func:`combine_generated`: the
+   exploration helpers it lacks, the initiation/termination functions (the run's generated
+   ones when given, else the built-ins) and the task's starting values; dry-run checked),
+   then the LLM's unit test runs against that policy in the sandboxed subprocess;
+4. failures go back with a request to fix; a completed test's trace goes back with the check
+   question, accepted only when the answer *starts* with "yes"; otherwise a rewrite;
+5. at most 3 rewrites (4 generations in all). Every generation is stored as JSON.
 
 The result is a policy file (the combined class source, loadable with
 ``CodePolicy.from_source``) and its test trace. Nothing falls back to a shipped policy
@@ -26,20 +23,19 @@ from __future__ import annotations
 
 import argparse
 import ast
-import datetime as _dt
-import json
 import re
 import sys
 import textwrap
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmotif.codegen.prompts import (
-    PLACEHOLDER, SYSTEM_PROMPT, PlanSpec, check_prompt, failure_prompt, initial_prompt,
-    initial_values_source, rewrite_prompt, unit_test_scaffold,
+    PLACEHOLDER, PlanSpec, check_prompt, initial_prompt, initial_values_source, unit_test_scaffold,
 )
-from mmotif.codegen.runner import RunLimits, check_policy, run_unit_test
+from mmotif.codegen.refine import (
+    MAX_REWRITES, Phase, PlanResult, drop_random_import, extract_code, has_test, is_yes, refine,
+    unit_test_part,
+)
+from mmotif.codegen.runner import RunLimits, check_policy
 from mmotif.codegen.simulate import format_trace, simulate
 from mmotif.config import CoderConfig, resolve_config
 from mmotif.llm.weights import DEFAULT_MODEL
@@ -48,102 +44,59 @@ from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source, co
 
 __all__ = [
     "PlanResult",
+    "TaskPhase",
     "add_plan_arguments",
+    "builtin_methods",
     "cmd_plan",
     "combine_generated",
     "extract_code",
+    "generated_class",
     "is_yes",
     "plan",
     "prepare_code",
+    "unit_test_part",
 ]
 
-MAX_REWRITES = 3
 HELPERS = ("__init__", "select_skill", "reach_gnomish_mines", "reach_dungeons_of_doom")
-_BLOCK = re.compile(r"```[ \t]*(python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.I)
-_YES = re.compile(r"^\W*yes\b", re.I)
-
-
-def extract_code(reply: str) -> str | None:
-    """The first python code block of a reply (``` with a python tag, else the first fenced
-    block that defines the class); an unterminated block runs to the end of the reply."""
-    blocks = [(m.group(1), m.group(2)) for m in _BLOCK.finditer(reply)]
-    for tag, body in blocks:
-        if tag:
-            return body.strip("\n") + "\n"
-    for _, body in blocks:
-        if f"class {CLASS_NAME}" in body:
-            return body.strip("\n") + "\n"
-    return None
-
-
-def is_yes(answer: str) -> bool:
-    """Does the answer *start* with yes (case-insensitive, after stripping whitespace and
-    markup such as ``**``)? "The answer is yes" and "yesterday" do not."""
-    return bool(_YES.match(answer.strip()))
 
 
 def prepare_code(code: str, spec: PlanSpec) -> tuple[str, list[str]]:
     """Drop ``import random`` lines (the sandbox provides it) and append the scaffold unit
     test when the code has no top-level statements besides definitions. Returns (code, notes)."""
-    notes = []
-    lines = code.splitlines()
-    kept = [ln for ln in lines if not re.fullmatch(r"\s*import random\s*", ln)]
-    if len(kept) != len(lines):
-        notes.append("dropped `import random` (the sandbox provides random)")
-    code = "\n".join(kept) + "\n"
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return code, notes
-    statements = [n for n in tree.body if not isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.Import,
-                                                             ast.ImportFrom))
-                  and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-    if not statements:
+    code, notes = drop_random_import(code)
+    tested = has_test(code)
+    if tested is False:
         code += "\n\n" + unit_test_scaffold(spec, condition="False")
         notes.append("the reply had no unit test: appended the scaffold (no success condition)")
-    elif PLACEHOLDER in code:
+    elif tested and PLACEHOLDER in code:
         code = code.replace(PLACEHOLDER, "False")
         notes.append("the success condition was left as the placeholder: replaced by False")
     return code, notes
 
 
-def unit_test_part(code: str) -> str:
-    """Everything at the top level of `code` except the class and imports: the unit test."""
-    tree = ast.parse(code)
-    parts = [ast.get_source_segment(code, n) for n in tree.body
-             if not (isinstance(n, ast.ClassDef) and n.name == CLASS_NAME)
-             and not isinstance(n, (ast.Import, ast.ImportFrom))]
-    return "\n".join(p for p in parts if p) + "\n"
-
-
 # ---------------------------------------------------------------------------------------
 # From the generated class to a deployable policy
 # ---------------------------------------------------------------------------------------
-def _builtin_functions() -> dict[str, str]:
-    source = builtin_source("exploration")
+def methods_of(source: str) -> dict[str, str]:
+    """{name: dedented source} of the methods of the first class in `source`."""
     tree = ast.parse(source)
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
-    return {n.name: textwrap.dedent(ast.get_source_segment(source, n))
+    return {n.name: textwrap.dedent(ast.get_source_segment(source, n, padded=True))
             for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+def builtin_methods() -> dict[str, str]:
+    """The built-in training policy's methods (select_skill, reach_*, perform_task, ...)."""
+    return methods_of(builtin_source("exploration"))
 
 
 _INIT_DEFAULTS = {"max_depth": -1, "branch_depth": -2}
 
 
-def combine_generated(code: str, spec: PlanSpec, skills=None, seed: int | None = 0,
-                      name: str = "generated") -> tuple[str, CodePolicy]:
-    """The deployable policy from the generated code (spec §12.1 item 4).
-
-    Keeps the generated class (its unit test is dropped), gives ``__init__`` parameters the
-    defaults the reference env passes (max_depth=-1, branch_depth=-2, others None), adds the
-    exploration helpers the class lacks, then the exploration initiation/termination
-    functions and a ``set_initial_values`` with the task's values (which first calls the
-    class's own starting values, renamed ``task_initial_values``). Raises
-    UnsafeCodeError/CodePolicyError with the reason when the result cannot be used.
-    """
-    from mmotif.skills.specs import SkillSet
-
-    skills = skills or SkillSet()
+def generated_class(code: str) -> ast.ClassDef:
+    """The class NetHackPlayer of generated code, its ``__init__`` parameters given the defaults
+    the reference env passes (max_depth=-1, branch_depth=-2, others None). Raises
+    UnsafeCodeError when the code does not parse or defines no such class."""
     try:
         tree = ast.parse(code)
     except SyntaxError as err:
@@ -151,29 +104,70 @@ def combine_generated(code: str, spec: PlanSpec, skills=None, seed: int | None =
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == CLASS_NAME), None)
     if cls is None:
         raise UnsafeCodeError(f"the code defines no class {CLASS_NAME}")
-    defined = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
-    own_values = "set_initial_values" in defined
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is not None:
+        args = init.args
+        positional = args.posonlyargs + args.args
+        missing = len(positional) - 1 - len(args.defaults)
+        if missing > 0:
+            extra = [ast.Constant(_INIT_DEFAULTS.get(a.arg)) for a in positional[1:1 + missing]]
+            args.defaults = extra + list(args.defaults)
+        args.kw_defaults = [d if d is not None else ast.Constant(None) for d in args.kw_defaults]
+    return cls
+
+
+def defined_methods(cls: ast.ClassDef) -> set[str]:
+    return {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+def rename_method(cls: ast.ClassDef, old: str, new: str) -> bool:
+    """Rename method `old` of `cls` (in place); was it there?"""
+    found = False
     for node in cls.body:
-        if not isinstance(node, ast.FunctionDef):
-            continue
-        if node.name == "set_initial_values":
-            node.name = "task_initial_values"
-        if node.name == "__init__":
-            args = node.args
-            positional = args.posonlyargs + args.args
-            missing = len(positional) - 1 - len(args.defaults)
-            if missing > 0:
-                extra = [ast.Constant(_INIT_DEFAULTS.get(a.arg)) for a in positional[1:1 + missing]]
-                args.defaults = extra + list(args.defaults)
-            args.kw_defaults = [d if d is not None else ast.Constant(None) for d in args.kw_defaults]
-    class_source = ast.unparse(ast.fix_missing_locations(cls))
-    builtin = _builtin_functions()
+        if isinstance(node, ast.FunctionDef) and node.name == old:
+            node.name, found = new, True
+    return found
+
+
+def class_source(cls: ast.ClassDef) -> str:
+    return ast.unparse(ast.fix_missing_locations(cls))
+
+
+def combine_generated(code: str, spec: PlanSpec, skills=None, seed: int | None = 0,
+                      name: str = "generated", initiation_termination: str | None = None,
+                      ) -> tuple[str, CodePolicy]:
+    """The deployable policy from the generated code (spec §12.1 item 4).
+
+    Keeps the generated class (its unit test is dropped), adds the exploration helpers the
+    class lacks, then the initiation/termination functions and a ``set_initial_values`` with
+    the task's values (which first calls the class's own starting values, renamed
+    ``task_initial_values``). `initiation_termination`: a class-body fragment with the
+    run's generated ``skill_precondition``/``skill_termination`` (`mmotif skills-code`);
+    None: the built-ins. Raises UnsafeCodeError/CodePolicyError with the reason when the
+    result cannot be used.
+    """
+    from mmotif.skills.specs import SkillSet
+
+    skills = skills or SkillSet()
+    cls = generated_class(code)
+    defined = defined_methods(cls)
+    own_values = rename_method(cls, "set_initial_values", "task_initial_values")
+    builtin = builtin_methods()
     missing_helpers = [builtin[h] for h in HELPERS if h not in defined]
-    parts = [(f"{name} (generated class)", class_source)]
+    parts = [(f"{name} (generated class)", class_source(cls))]
     if missing_helpers:
         parts.append(("builtin/exploration.py (helpers the class lacks)", "\n\n".join(missing_helpers)))
-    parts.append(("builtin/initiation_termination.py", builtin_source("initiation_termination")))
+    if initiation_termination is None:
+        parts.append(("builtin/initiation_termination.py", builtin_source("initiation_termination")))
+    else:
+        parts.append(("generated initiation/termination", initiation_termination))
     parts.append((f"starting values of {spec.task_name or 'the task'}", initial_values_source(spec, own_values)))
+    return checked_policy(parts, skills, name, seed)
+
+
+def checked_policy(parts, skills, name: str, seed: int | None) -> tuple[str, CodePolicy]:
+    """(combined source, CodePolicy) of `parts`, dry-run checked in the rlimited child before
+    it is built in-process."""
     _check_in_limited_child(combine_parts(parts)[0], skills, name, seed)
     policy = CodePolicy.from_parts(parts, skills.names, skills.with_precondition(), name=name, seed=seed)
     return policy.source, policy
@@ -190,29 +184,32 @@ def _check_in_limited_child(source: str, skills, name: str, seed: int | None) ->
 
 
 # ---------------------------------------------------------------------------------------
-# The loop
+# The task phase
 # ---------------------------------------------------------------------------------------
-@dataclass
-class PlanResult:
-    accepted: bool
-    instruction: str
-    model: str
-    reason: str                              # why it stopped, in words
-    source: str | None = None                # the combined policy source (last usable candidate)
-    test_output: str = ""                    # the accepted (or last) unit-test trace
-    simulation: str = ""                     # the combined policy in the scripted world
-    iterations: list[dict] = field(default_factory=list)
-    record_path: str | None = None
-    policy_path: str | None = None
-    trace_path: str | None = None
-    reference: bool = False                  # the source is the shipped reference policy
+class TaskPhase(Phase):
+    """A task's policy over skills (`perform_task`), from the task's instruction."""
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+    def __init__(self, spec: PlanSpec, skills=None, name: str = "policy",
+                 initiation_termination: str | None = None):
+        self.spec, self.skills, self.name = spec, skills, name
+        self.instruction = spec.instruction
+        self.initiation_termination = initiation_termination
 
+    def first_prompt(self) -> str:
+        return initial_prompt(self.spec)
 
-def _chat(llm, messages, max_tokens, temperature) -> str:
-    return llm.chat([messages], max_tokens=max_tokens, temperature=temperature)[0]
+    def prepare(self, code: str) -> tuple[str, list[str]]:
+        return prepare_code(code, self.spec)
+
+    def build(self, code: str) -> tuple[str, CodePolicy]:
+        return combine_generated(code, self.spec, self.skills, name=self.name,
+                                 initiation_termination=self.initiation_termination)
+
+    def check_prompt(self, trace: str) -> str:
+        return check_prompt(self.spec, trace)
+
+    def record(self) -> dict:
+        return {"instruction": self.spec.instruction, "task": self.spec.task_name, "phase": "task"}
 
 
 def plan(
@@ -228,6 +225,7 @@ def plan(
     record_dir: str | Path | None = None,
     name: str = "policy",
     log=None,
+    initiation_termination: str | None = None,
 ) -> PlanResult:
     """Generate and refine a policy over skills for `instruction` (see the module docstring).
 
@@ -235,104 +233,17 @@ def plan(
     (an :class:`~mmotif.llm.base.LLMBackend`). `task`: a
     :class:`~mmotif.tasks.Task` whose hints, starting values and env-kept attributes
     go with the instruction. `record_dir`: where the generation JSON is written.
+    `initiation_termination`: generated skill functions to combine with (None: built-ins).
     """
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     if isinstance(instruction, PlanSpec):
         spec = instruction
     elif task is not None:
         spec = PlanSpec.for_task(task, skills, instruction)
     else:
         spec = PlanSpec.free(instruction, skills)
-    model = f"{getattr(llm, 'name', type(llm).__name__)}:{getattr(llm, 'model', '')}"
-    prompt = initial_prompt(spec)
-    base = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-    messages = list(base)
-    result = PlanResult(False, spec.instruction, model, "not started")
-    started = _dt.datetime.now(_dt.timezone.utc)
-
-    def store() -> None:                     # after every generation: a long run leaves a trail
-        if record_dir is not None:
-            _store(result, spec, Path(record_dir), name, started, max_tokens, temperature, limits)
-    for round_no in range(1, max_rewrites + 2):
-        it: dict = {"round": round_no, "messages": messages}
-        t0 = time.perf_counter()
-        reply = _chat(llm, messages, max_tokens, temperature)
-        it.update(reply=reply, generate_s=round(time.perf_counter() - t0, 2))
-        code = extract_code(reply)
-        problem = None
-        if code is None:
-            problem = "the reply contains no ```python code block."
-            it["code"] = None
-        else:
-            code, notes = prepare_code(code, spec)
-            it.update(code=code, notes=notes)
-            try:
-                source, policy = combine_generated(code, spec, skills, name=name)
-                it["policy_check"] = "ok"
-            except (UnsafeCodeError, CodePolicyError) as err:
-                problem = f"the class cannot be used as a policy: {err}"
-                it["policy_check"] = str(err)
-            if problem is None:
-                # the LLM's test runs against the policy as it will be deployed
-                test_code = source + "\n\n" + unit_test_part(code)
-                run = run_unit_test(test_code, limits)
-                it["test"] = run.to_dict()
-                result.test_output = run.report()
-                if not run.ok:
-                    problem = f"the unit test did not complete: {run.report()[-3000:]}"
-                else:
-                    result.source = source
-                    try:
-                        result.simulation = format_trace(simulate(policy, turns=20, branch_depth=2))
-                    except CodePolicyError as err:
-                        result.simulation = f"(simulation failed: {err})"
-        if problem is not None:
-            it.update(accepted=False, problem=problem)
-            result.iterations.append(it)
-            log(f"[plan] round {round_no}: {problem.splitlines()[0][:160]}")
-            result.reason = f"round {round_no}: {problem.splitlines()[0][:300]}"
-            store()
-            messages = base + [{"role": "assistant", "content": reply},
-                               {"role": "user", "content": failure_prompt(problem)}]
-            continue
-        check = check_prompt(spec, result.test_output[-6000:])
-        check_messages = base + [{"role": "assistant", "content": reply}, {"role": "user", "content": check}]
-        answer = _chat(llm, check_messages, min(max_tokens, 1024), temperature)
-        accepted = is_yes(answer)
-        it.update(check_question=check, check_answer=answer, accepted=accepted)
-        result.iterations.append(it)
-        log(f"[plan] round {round_no}: test ran ({len(result.test_output.splitlines())} lines); "
-            f"verdict {'yes: accepted' if accepted else repr(answer.strip()[:60])}")
-        if accepted:
-            result.accepted = True
-            result.reason = f"accepted in round {round_no} (the check answer starts with yes)"
-            break
-        result.reason = f"round {round_no}: the check answer does not start with yes"
-        store()
-        messages = check_messages + [{"role": "assistant", "content": answer},
-                                     {"role": "user", "content": rewrite_prompt(answer)}]
-    if not result.accepted:
-        result.reason = (f"not accepted after {len(result.iterations)} generations "
-                         f"({max_rewrites} rewrites); last: {result.reason}")
-    store()
-    return result
-
-
-def _store(result: PlanResult, spec: PlanSpec, folder: Path, name: str, started, max_tokens,
-           temperature, limits: RunLimits) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    path = folder / f"{stamp}_{re.sub(r'[^A-Za-z0-9_-]+', '-', name)[:60]}.json"
-    record = {
-        "instruction": spec.instruction, "task": spec.task_name, "model": result.model,
-        "started": started.isoformat(), "temperature": temperature, "max_tokens": max_tokens,
-        "limits": limits.__dict__, "max_rewrites": MAX_REWRITES,
-        "prompt": initial_prompt(spec), "accepted": result.accepted, "reason": result.reason,
-        "iterations": result.iterations, "test_output": result.test_output,
-        "simulation": result.simulation, "policy_source": result.source,
-    }
-    path.write_text(json.dumps(record, indent=1, default=str))
-    result.record_path = str(path)
+    phase = TaskPhase(spec, skills, name, initiation_termination)
+    return refine(phase, llm, max_rewrites=max_rewrites, max_tokens=max_tokens, temperature=temperature,
+                  limits=limits, record_dir=record_dir, log=log)
 
 
 # ---------------------------------------------------------------------------------------

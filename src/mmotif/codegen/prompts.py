@@ -28,6 +28,7 @@ __all__ = [
     "initial_values_source",
     "rewrite_prompt",
     "shown_class",
+    "skill_lines",
     "unit_test_scaffold",
 ]
 
@@ -142,8 +143,9 @@ for turn in range(20):
 '''
 
 
-def _skill_lines(spec: PlanSpec) -> str:
-    return "\n".join(f"- {name}: {description}" for name, description in spec.skills)
+def skill_lines(skills: Sequence[tuple[str, str]]) -> str:
+    """One line per skill: its name and its one-line description."""
+    return "\n".join(f"- {name}: {description}" for name, description in skills)
 
 
 def initial_prompt(spec: PlanSpec) -> str:
@@ -161,7 +163,7 @@ def initial_prompt(spec: PlanSpec) -> str:
                      "lines that simulate how the game changes each attribute the game keeps up to "
                      "date, and print their values every turn.\n")
     return f"""You are to write the method "perform_task" of the class NetHackPlayer, which chooses the skill a NetHack player runs next. The skills are {{{names}}}:
-{_skill_lines(spec)}
+{skill_lines(spec.skills)}
 
 How your method is used: the chosen skill runs until it ends (the descender after going down one level, the ascender after going up one level, the discoverer after exploring for a while, the merchant and the worshipper when the shopkeeper or altar is out of reach). Each time a skill ends, the game calls
     perform_task(self, current_skill, dungeon_depth, branch_number, merchant_precondition, worshipper_precondition)

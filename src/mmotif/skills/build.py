@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmotif.config import RunConfig
+from mmotif.config import GENERATED_TRAINING_POLICY, RunConfig
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.specs import SkillSet
@@ -16,12 +16,20 @@ def skill_set(cfg: RunConfig) -> SkillSet:
 
 
 def training_policy(cfg: RunConfig, seed: int) -> CodePolicy:
-    """The code policy over skills named by `env.training_policy` (checked before any game)."""
+    """The code policy over skills named by `env.training_policy` (checked before any game):
+    `env.training_policy_code` when set (`mmotif run` sets it), else the built-in or the file."""
     skills = skill_set(cfg)
     source = cfg.env.training_policy
     budget = cfg.env.policy_call_budget_s
+    code = cfg.env.training_policy_code
+    if code is not None:
+        return CodePolicy.from_source(code, skills.names, skills.with_precondition(),
+                                      name=f"training policy ({source})", seed=seed, budget_s=budget)
     if source == "builtin:exploration":
         return CodePolicy.exploration(skills.names, skills.with_precondition(), seed=seed, budget_s=budget)
+    if source == GENERATED_TRAINING_POLICY:
+        raise ValueError("env.training_policy: 'generate' is resolved by `mmotif run` (or write a file "
+                         "with `mmotif skills-code` and name it)")
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(
