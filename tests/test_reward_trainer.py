@@ -133,3 +133,26 @@ def test_a_given_model_survives_retrains_on_fewer_labels_and_warm_starts_the_fir
     assert retrained.n_labels == 110
     for name, weight in given.entries[d].state_dict.items():  # started from the given weights
         assert torch.allclose(retrained.state_dict[name], weight, atol=1e-5), name
+
+
+def test_the_gate_is_raised_to_the_neutral_step_only_when_asked():
+    """descent_preferences make "" (the neutral step) the losing side: the gate must not pay it."""
+    floors = {}
+    for gate in (True, False):
+        trainer = RewardTrainer(fast_config(gate_at_neutral=gate))
+        trainer.add(descent_preferences(80))
+        models, _ = trainer.maybe_retrain()
+        stats = models.entries[models.skills.index("descender")].stats
+        floors[gate] = stats.neutral_floor
+        if gate:
+            assert stats.threshold >= stats.neutral_floor
+            neutral = models.score(*encode_probe(""), torch.tensor([models.skills.index("descender")]))
+            assert (float(neutral) - stats.mean) / stats.std <= stats.threshold + 1e-6
+    assert floors[True] is not None and floors[False] is None
+
+
+def encode_probe(message):
+    from mmotif.contract import encode_reward_input
+
+    msg, diff = encode_reward_input(message, 0)
+    return torch.from_numpy(msg[None]), torch.from_numpy(diff[None])

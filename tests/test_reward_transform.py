@@ -93,3 +93,21 @@ def test_bad_inputs_are_errors():
     with pytest.raises(ValueError, match="`mean`"):
         intrinsic_reward(torch.tensor([1.0]), torch.tensor([0]), torch.tensor([float("nan")]),
                          torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1]))
+
+
+def test_gate_at_neutral_floor_never_pays_a_step_where_nothing_happened():
+    from mmotif.rewards.stats import stats_from_scores
+
+    # a flat model: the neutral step (raw 0.9) is in the top 15% of the unique inputs
+    scores = [0.0] * 17 + [0.9, 1.0, 1.0]
+    plain = stats_from_scores(scores, 0.85)
+    floored = stats_from_scores(scores, 0.85, neutral_score=0.9)
+    assert plain.threshold < floored.threshold == pytest.approx(floored.neutral_floor)
+    mean, std = torch.tensor([floored.mean]), torch.tensor([floored.std])
+    paid = lambda stats, raw: float(intrinsic_reward(  # noqa: E731
+        torch.tensor([raw]), torch.tensor([0]), mean, std, torch.tensor([stats.threshold]),
+        torch.tensor([1], dtype=torch.int32)))
+    assert paid(plain, 0.9) > 0, "the quantile gate alone pays the neutral step"
+    assert paid(floored, 0.9) == 0 and paid(floored, 1.0) > 0
+    # a model that ranks the neutral step low keeps the paper's quantile threshold
+    assert stats_from_scores(scores, 0.85, neutral_score=0.0).threshold == plain.threshold

@@ -208,6 +208,11 @@ class RewardConfig(_Section):
     coef: float = Field(0.1, ge=0.0, description="intrinsic reward coefficient")
     extrinsic_coef: float = Field(0.0, ge=0.0)
     bound: float = Field(10.0, gt=0.0, description="normalised rewards are clamped to ±bound")
+    gate_at_neutral: bool = Field(
+        True, description="raise each skill's gate tau to at least the normalised score of its neutral step "
+        "(no message, same level), so a step where nothing happened is never paid (mmotif's deviation from "
+        "the paper's plain quantile gate, whose nets put the neutral step in the lower mode; a flat or young "
+        "model puts it in the top 15% and pays noise). false: the paper's gate")
     models: Path | None = Field(
         None, description="a published reward-model version folder to start from (e.g. from "
         "`mmotif train-rewards`); None starts from constant zero rewards. A given skill model is the "

@@ -35,6 +35,9 @@ class RewardStats:
     threshold: float  # tau: that quantile of the normalised scores
     quantiles: tuple[float, ...]  # normalised scores at QUANTILE_LEVELS (5%..95%)
     n_unique: int  # number of unique (message, depth change) entries scored
+    # normalised score of the neutral step (no message, same level) when the gate was raised
+    # to it (`reward.gate_at_neutral`); None: the plain quantile threshold
+    neutral_floor: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,7 +52,8 @@ class RewardStats:
             raise ValueError(f"quantile levels {levels} differ from {list(QUANTILE_LEVELS)}")
         stats = cls(mean=float(d["mean"]), std=float(d["std"]),
                     threshold_quantile=float(d["threshold_quantile"]), threshold=float(d["threshold"]),
-                    quantiles=tuple(float(x) for x in d["quantiles"]), n_unique=int(d["n_unique"]))
+                    quantiles=tuple(float(x) for x in d["quantiles"]), n_unique=int(d["n_unique"]),
+                    neutral_floor=None if d.get("neutral_floor") is None else float(d["neutral_floor"]))
         stats.validate()
         return stats
 
@@ -83,8 +87,13 @@ def unique_reward_inputs(captions: Iterable[Caption]) -> list[Caption]:
 
 
 def stats_from_scores(scores: np.ndarray | torch.Tensor | Sequence[float],
-                      threshold_quantile: float) -> RewardStats:
-    """Stats from the raw scores of the UNIQUE inputs (the caller deduplicates)."""
+                      threshold_quantile: float, neutral_score: float | None = None) -> RewardStats:
+    """Stats from the raw scores of the UNIQUE inputs (the caller deduplicates).
+
+    `neutral_score`: the raw score of the neutral step. When given, the gate tau is at least
+    its normalised score, so a step where nothing happened is never paid. (mmotif's deviation:
+    the paper's threshold quantile sits above the lower mode of its nets' bimodal scores; a
+    flat or young model puts the neutral step in the top 15% and pays noise.)"""
     s = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu().numpy()
     if s.size == 0:
         raise ValueError("cannot compute reward stats from zero scores")
@@ -97,8 +106,11 @@ def stats_from_scores(scores: np.ndarray | torch.Tensor | Sequence[float],
     norm = (s - mean) / std
     quantiles = tuple(float(q) for q in np.quantile(norm, QUANTILE_LEVELS))
     threshold = float(np.quantile(norm, threshold_quantile))
+    floor = None if neutral_score is None else (float(neutral_score) - mean) / std
+    if floor is not None:
+        threshold = max(threshold, floor)
     return RewardStats(mean=mean, std=std, threshold_quantile=float(threshold_quantile),
-                       threshold=threshold, quantiles=quantiles, n_unique=int(s.size))
+                       threshold=threshold, quantiles=quantiles, n_unique=int(s.size), neutral_floor=floor)
 
 
 @torch.no_grad()
@@ -120,10 +132,15 @@ def score_captions(model: torch.nn.Module, captions: Sequence[Caption], *, batch
 
 
 def compute_reward_stats(model: torch.nn.Module, captions: Iterable[Caption], threshold_quantile: float,
-                         *, batch_size: int = 4096, device: str | torch.device | None = None) -> RewardStats:
-    """Score the unique inputs among `captions` and summarise them (spec §4.5)."""
+                         *, neutral: Caption | None = None, batch_size: int = 4096,
+                         device: str | torch.device | None = None) -> RewardStats:
+    """Score the unique inputs among `captions` and summarise them (spec §4.5); `neutral`:
+    the neutral step the gate may not fall below (see `stats_from_scores`)."""
     unique = unique_reward_inputs(captions)
     if not unique:
         raise ValueError("no captions to compute reward stats from")
-    return stats_from_scores(score_captions(model, unique, batch_size=batch_size, device=device),
-                             threshold_quantile)
+    scores = score_captions(model, unique + ([neutral] if neutral is not None else []),
+                            batch_size=batch_size, device=device)
+    if neutral is None:
+        return stats_from_scores(scores, threshold_quantile)
+    return stats_from_scores(scores[:-1], threshold_quantile, neutral_score=float(scores[-1]))

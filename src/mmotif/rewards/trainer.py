@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from mmotif.config import RunConfig
-from mmotif.contract import LABEL_UNKNOWN, Preference, RewardModelVersion
+from mmotif.contract import LABEL_UNKNOWN, Caption, Preference, RewardModelVersion
 from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.provenance import exclusion_line, label_filter
 from mmotif.rewards.store import preference_key
@@ -39,6 +39,9 @@ class RewardTrainer:
         self.cfg = cfg
         self.skills = tuple(s.name for s in cfg.skills)
         self.quantiles = {s.name: s.threshold_quantile for s in cfg.skills}
+        # the gate's floor per skill (reward.gate_at_neutral): its neutral step as a reward input
+        self.neutral = {s.name: Caption("", s.neutral_probe.message, s.neutral_probe.depth_change)
+                        if cfg.reward.gate_at_neutral else None for s in cfg.skills}
         self.current = current if current is not None else RewardModelSet.constant(self.skills)
         # per skill, pair key -> label: a real label sent later replaces a stored UNKNOWN
         self._labels: dict[str, dict[str, Preference]] = {s: {} for s in self.skills}
@@ -109,7 +112,7 @@ class RewardTrainer:
         init = None if previous.is_constant else previous.state_dict
         entry, _ = fit_skill_reward(
             skill, prefs, self.cfg.reward, seed=self.cfg.seed + self.retrains,
-            threshold_quantile=self.quantiles[skill], init_state_dict=init,
+            threshold_quantile=self.quantiles[skill], init_state_dict=init, neutral=self.neutral[skill],
         )
         if (previous.val_accuracy is not None and entry.val_accuracy is not None
                 and entry.val_accuracy < previous.val_accuracy - self.cfg.reward.accuracy_tolerance):

@@ -247,8 +247,10 @@ def train_reward_model(preferences: Iterable[Preference],
 def fit_skill_reward(skill: str, preferences: Iterable[Preference],
                      config: RewardConfig | Mapping[str, Any] | None = None, seed: int = 0,
                      *, threshold_quantile: float,
-                     init_state_dict: Mapping[str, torch.Tensor] | None = None):
+                     init_state_dict: Mapping[str, torch.Tensor] | None = None,
+                     neutral: Caption | None = None):
     """Train + compute stats for one skill; returns (SkillReward ready to publish, report).
+    `neutral`: the skill's neutral step, a floor for the gate (`reward.gate_at_neutral`).
 
     Normalisation stats are taken over the unique inputs of ALL the skill's captions
     (training and validation pairs alike), as the original does over its whole data set.
@@ -259,7 +261,7 @@ def fit_skill_reward(skill: str, preferences: Iterable[Preference],
         raise ValueError(f"fit_skill_reward({skill!r}) got preferences for other skills {sorted(bad)}")
     model, report = train_reward_model(prefs, config, seed, init_state_dict=init_state_dict)
     captions = [c for p in prefs for c in (p.pair.first, p.pair.second)]
-    stats = compute_reward_stats(model, captions, threshold_quantile)
+    stats = compute_reward_stats(model, captions, threshold_quantile, neutral=neutral)
     entry = SkillReward(name=skill, state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                         stats=stats, val_accuracy=report.val_accuracy, n_labels=report.n_labels,
                         train_report=report.to_dict())
