@@ -55,9 +55,20 @@ _THINK = ("Before writing the code, write a few questions about the assignment a
           "State your plan and the output you expect from the unit test.")
 
 
-def _answer_format(methods: str) -> str:
-    return (f"Then give the class NetHackPlayer with {methods}, followed by the unit test, "
-            "in one ```python code block.")
+_SIMULATES = ", which simulates the game: one turn stands for one whole skill run."
+
+
+def _closing(about_test: str, scaffold: str, methods: str) -> str:
+    """The end of every first prompt: code rules, the unit test, thinking first, answer format."""
+    return f"""{_CODE_RULES}
+
+Your code will be run with this unit test{about_test}
+###
+{scaffold}###
+
+{_THINK}
+
+Then give the class NetHackPlayer with {methods}, followed by the unit test, in one ```python code block."""
 
 
 def _skill_rules(skills, with_precondition) -> str:
@@ -136,15 +147,8 @@ The rules:
 
 self.discoverer_skill_steps is set by set_initial_values(), which already exists: do not write it. Write no __init__ either: the two methods keep no state of their own.
 
-{_CODE_RULES}
-
-Your code will be run with this unit test. Complete it: add cases to both lists until every rule above is checked, each with the result the rule gives.
-###
-{skill_functions_scaffold(with_precondition)}###
-
-{_THINK}
-
-{_answer_format("the two methods")}"""
+{_closing(". Complete it: add cases to both lists until every rule above is checked, each with the result "
+           "the rule gives.", skill_functions_scaffold(with_precondition), "the two methods")}"""
 
 
 def skill_functions_check_prompt(skills, with_precondition, trace: str) -> str:
@@ -203,15 +207,8 @@ The desired strategy: {_SWEEP}
 
 self.max_depth is set before the first call. You may add attributes in __init__ (for example the direction of the sweep); do not write set_initial_values, it exists already.
 
-{_CODE_RULES}
-
-Your code will be run with this unit test, which simulates the game: one turn stands for one whole skill run. Complete it: replace {DEPTH_PLACEHOLDER} with a depth.
-###
-{sweep_scaffold(with_precondition)}###
-
-{_THINK}
-
-{_answer_format("__init__ and select_skill")}"""
+{_closing(f"{_SIMULATES} Complete it: replace {DEPTH_PLACEHOLDER} with a depth.",
+           sweep_scaffold(with_precondition), "__init__ and select_skill")}"""
 
 
 def sweep_check_prompt(trace: str) -> str:
@@ -287,15 +284,8 @@ The dungeon: {_LAYOUT}
 
 The desired strategy: {_REACH} Both methods must call select_skill, and they cannot change the branch number: only the game does.
 
-{_CODE_RULES}
-
-Your code will be run with this unit test, which simulates the game: one turn stands for one whole skill run.
-###
-{branches_scaffold(with_precondition)}###
-
-{_THINK}
-
-{_answer_format("all its methods (__init__, select_skill, reach_gnomish_mines, reach_dungeons_of_doom)")}"""
+{_closing(_SIMULATES, branches_scaffold(with_precondition),
+           "all its methods (__init__, select_skill, reach_gnomish_mines, reach_dungeons_of_doom)")}"""
 
 
 def branches_check_prompt(trace: str) -> str:
