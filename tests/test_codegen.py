@@ -18,7 +18,7 @@ import pytest
 from fake_llm import ScriptedLLM
 
 from mmotif.codegen import (
-    PlanSpec, RunLimits, add_plan_arguments, cmd_plan, combine_generated, extract_code, is_yes, plan,
+    PlanSpec, RunLimits, cmd_plan, combine_generated, extract_code, is_yes, plan,
     run_unit_test, simulate,
 )
 from mmotif.codegen.prompts import initial_prompt, unit_test_scaffold
@@ -26,6 +26,7 @@ from mmotif.sandbox import CodePolicyError
 from mmotif.skills.code_policy import CodePolicy
 from mmotif.skills.specs import SkillSet
 from mmotif.tasks import get_task
+from mmotif.cli import add_plan_arguments
 
 GNOMISH = get_task("gnomish")
 

@@ -13,7 +13,8 @@ import pytest
 from fake_llm import FakeModel
 
 from mmotif.annotators.offline import make_backend_from_config
-from mmotif.codegen.generate import add_plan_arguments, coder_config
+from mmotif.cli import add_plan_arguments
+from mmotif.codegen.generate import coder_config
 from mmotif.config import CoderConfig, RunConfig, preset, with_overrides
 from mmotif.llm import DEFAULT_MODEL, SMALL_MODEL, backend_from_config
 from mmotif.llm.openai_http import OpenAIHTTPBackend

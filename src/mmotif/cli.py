@@ -226,16 +226,58 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(preset=None)  # unset: the --config file's `preset:`, else local
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mmotif plan`'s own arguments (the config ones are added beside them)."""
+    from mmotif.codegen.generate import MAX_REWRITES
+    from mmotif.llm.weights import DEFAULT_MODEL
+
+    parser.add_argument("instruction", nargs="?", default=None,
+                        help="the task in words (default: the --task's own instruction)")
+    parser.add_argument("--task", default=None,
+                        help="a known task (gnomish, delphi, ...): its hints, starting values and "
+                             "env-kept attributes go with the instruction")
+    parser.add_argument("--backend", default=None, choices=("embedded", "openai", "none"),
+                        help="LLM backend (default: coder.backend of the config, embedded; none: no LLM, "
+                             "only with --reference)")
+    parser.add_argument("--model", default=None,
+                        help=f"model name (default: coder.model; when --backend changes the kind: "
+                             f"{DEFAULT_MODEL} embedded, 'default' openai)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
+    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens (4096)")
+    parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature (0.2)")
+    parser.add_argument("--out", type=Path, default=Path("runs/plans"), help="output folder")
+    parser.add_argument("--name", default=None, help="policy file name (default: task name or 'policy')")
+    parser.add_argument("--reference", action="store_true",
+                        help="if generation fails (or with --backend none), write the task's shipped "
+                             "reference policy instead, marked as such")
+
+
 def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.codegen.generate import add_plan_arguments, cmd_plan
+    from mmotif.codegen.generate import cmd_plan
 
     add_plan_arguments(p)
     _add_config_args(p)  # the coder: section (backend, model, sampling); the flags above win
     p.set_defaults(func=cmd_plan)
 
 
+def add_skills_code_arguments(parser: argparse.ArgumentParser) -> None:
+    """`mmotif skills-code`'s own arguments."""
+    from mmotif.codegen.skills_code import GENERATED_FILE, MAX_REWRITES
+
+    parser.add_argument("--backend", default=None, choices=("embedded", "openai"),
+                        help="LLM backend (default: coder.backend of the config)")
+    parser.add_argument("--model", default=None, help="model name (default: coder.model)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
+    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens")
+    parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature")
+    parser.add_argument("--out", type=Path, default=Path("runs/skills-code"),
+                        help=f"output folder: {GENERATED_FILE} and generations/ (the transcripts)")
+
+
 def _add_skills_code_arguments(p: argparse.ArgumentParser) -> None:
-    from mmotif.codegen.skills_code import add_skills_code_arguments, cmd_skills_code
+    from mmotif.codegen.skills_code import cmd_skills_code
 
     add_skills_code_arguments(p)
     _add_config_args(p)  # the skills and the coder: section; the flags above win
@@ -313,6 +355,24 @@ def add_job_subcommands(sub, add_config_args) -> None:
         q.set_defaults(func=func)
 
 
+def _add_serve_llm_arguments(p: argparse.ArgumentParser) -> None:
+    from mmotif.llm.weights import SMALL_MODEL
+
+    p.add_argument("--model", default=SMALL_MODEL, help="embedded model name or folder")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.set_defaults(func=cmd_serve_llm)
+
+
+def cmd_serve_llm(args) -> int:
+    from mmotif.llm.openai_server import run_server
+
+    return run_server(args.model, args.cache_dir, args.threads, args.dtype, args.host, args.port)
+
+
 # name: (help, adds the arguments; imports the command's module)
 LAZY_COMMANDS = {
     "plan": ("write a policy over skills for a task instruction", _add_plan_arguments),
@@ -320,6 +380,8 @@ LAZY_COMMANDS = {
                     "skills (phases 2 and 3)", _add_skills_code_arguments),
     "eval": ("zero-shot evaluation of a task on a trained checkpoint", _add_eval_arguments),
     "replay": ("render a recorded episode as a GIF and an HTML player", _add_replay_arguments),
+    "serve-llm": ("serve an embedded model behind an OpenAI-compatible HTTP API (annotator/coder "
+                  "backend: openai)", _add_serve_llm_arguments),
 }
 
 

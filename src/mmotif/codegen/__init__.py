@@ -14,14 +14,14 @@
 """
 
 from mmotif.codegen.generate import (
-    PlanResult, add_plan_arguments, cmd_plan, combine_generated, extract_code, is_yes, plan, write_policy,
+    PlanResult, cmd_plan, combine_generated, extract_code, is_yes, plan, write_policy,
 )
 from mmotif.codegen.prompts import PlanSpec
 from mmotif.codegen.runner import RunLimits, TestRun, run_unit_test
 from mmotif.codegen.simulate import format_trace, simulate
 
 __all__ = [
-    "PlanResult", "PlanSpec", "RunLimits", "TestRun", "add_plan_arguments", "cmd_plan",
+    "PlanResult", "PlanSpec", "RunLimits", "TestRun", "cmd_plan",
     "combine_generated", "extract_code", "format_trace", "is_yes", "plan", "run_unit_test",
     "simulate", "write_policy",
 ]

@@ -21,7 +21,6 @@ unless the caller asks (`mmotif plan --reference`).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import sys
@@ -45,7 +44,6 @@ from mmotif.skills.code_policy import CLASS_NAME, CodePolicy, builtin_source, co
 __all__ = [
     "PlanResult",
     "TaskPhase",
-    "add_plan_arguments",
     "builtin_methods",
     "cmd_plan",
     "combine_generated",
@@ -276,29 +274,6 @@ def write_policy(result: PlanResult, path: str | Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("instruction", nargs="?", default=None,
-                        help="the task in words (default: the --task's own instruction)")
-    parser.add_argument("--task", default=None,
-                        help="a known task (gnomish, delphi, ...): its hints, starting values and "
-                             "env-kept attributes go with the instruction")
-    parser.add_argument("--backend", default=None, choices=("embedded", "openai", "none"),
-                        help="LLM backend (default: coder.backend of the config, embedded; none: no LLM, "
-                             "only with --reference)")
-    parser.add_argument("--model", default=None,
-                        help=f"model name (default: coder.model; when --backend changes the kind: "
-                             f"{DEFAULT_MODEL} embedded, 'default' openai)")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
-    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
-    parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens (4096)")
-    parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature (0.2)")
-    parser.add_argument("--out", type=Path, default=Path("runs/plans"), help="output folder")
-    parser.add_argument("--name", default=None, help="policy file name (default: task name or 'policy')")
-    parser.add_argument("--reference", action="store_true",
-                        help="if generation fails (or with --backend none), write the task's shipped "
-                             "reference policy instead, marked as such")
-
-
 def coder_config(args) -> tuple[CoderConfig, Path | None]:
     """(the `coder:` section `mmotif plan` uses, the embedded model cache): the --config's when
     the command has one (`mmotif plan --config`), else the defaults; the command's flags over it."""

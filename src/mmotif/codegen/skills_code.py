@@ -21,7 +21,6 @@ header saying where each part came from (the file `env.training_policy` may name
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,6 @@ __all__ = [
     "SkillsCode",
     "SweepPhase",
     "Parts",
-    "add_skills_code_arguments",
     "cmd_skills_code",
     "generate_skills_code",
     "initiation_termination_of",
@@ -328,18 +326,6 @@ def _generated_for_run(cfg, llm, log) -> str:
                                 max_tokens=cfg.coder.max_tokens, temperature=cfg.coder.temperature, log=log)
     write_skills_code(code, path)
     return path.read_text()
-
-
-def add_skills_code_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default=None, choices=("embedded", "openai"),
-                        help="LLM backend (default: coder.backend of the config)")
-    parser.add_argument("--model", default=None, help="model name (default: coder.model)")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
-    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
-    parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens")
-    parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature")
-    parser.add_argument("--out", type=Path, default=Path("runs/skills-code"),
-                        help=f"output folder: {GENERATED_FILE} and generations/ (the transcripts)")
 
 
 def cmd_skills_code(args, llm=None) -> int:

@@ -12,7 +12,6 @@ prints one JSON line ``{"url": "http://127.0.0.1:PORT/v1", ...}`` once it is lis
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,6 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mmotif.llm.weights import SMALL_MODEL
 
 
 def _completion_handler(backend, lock: threading.Lock):
@@ -126,23 +124,16 @@ def serve(backend, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServe
     return server
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=SMALL_MODEL, help="embedded model name or folder")
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    args = parser.parse_args(argv)
-
+def run_server(model: str, cache_dir=None, threads: int | None = None, dtype: str = "bfloat16",
+               host: str = "127.0.0.1", port: int = 8000) -> int:
+    """`mmotif serve-llm`: serve an embedded model until interrupted; prints its URL as JSON."""
     # This process is ours: let idle OpenMP threads sleep rather than spin (torch is not
     # imported yet), which keeps multi-threaded inference fast on shared cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mmotif.llm.embedded import EmbeddedBackend
 
-    backend = EmbeddedBackend(args.model, cache_dir=args.cache_dir, num_threads=args.threads, dtype=args.dtype)
-    server = serve(backend, args.host, args.port)
+    backend = EmbeddedBackend(model, cache_dir=cache_dir, num_threads=threads, dtype=dtype)
+    server = serve(backend, host, port)
     host, port = server.server_address[:2]
     print(json.dumps({"url": f"http://{host}:{port}/v1", "model": backend.model}), flush=True)
     try:
@@ -151,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         server.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mmotif.llm.openai_server ARGS` is `mmotif serve-llm ARGS`."""
+    from mmotif.cli import main as cli_main
+
+    return cli_main(["serve-llm", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
