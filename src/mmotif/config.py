@@ -417,8 +417,16 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# The reference's annotation at scale: Llama 3.1 70B on vLLM (tensor parallel 4), pairwise
+# chain-of-thought prompts; with the field defaults (the paper's GRU-512 network, batch 4,096,
+# 4e9 steps) and a CUDA learner this is the paper's method on one GPU machine.
+_REFERENCE_METHOD: dict[str, Any] = {
+    "annotator": {"backend": "vllm", "model": "meta-llama/Llama-3.1-70B-Instruct", "mode": "pairwise",
+                  "batch_size": 2000, "pairs_per_call": 2000, "tensor_parallel_size": 4},
+    "learner": {"device": "cuda"},
+}
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "paper": {**_REFERENCE_METHOD, "name": "paper", "paths": {"run_dir": "runs/paper"}},
     "local": {
         "name": "local",
         "time_limit_s": 600,
@@ -436,12 +444,9 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "paths": {"run_dir": "runs/local"},
     },
     "cluster": {
+        **_REFERENCE_METHOD,
         "name": "cluster",
-        "annotator": {"backend": "vllm", "model": "meta-llama/Llama-3.1-70B-Instruct",
-                      "mode": "pairwise", "num_annotators": "auto", "batch_size": 2000,
-                      "pairs_per_call": 2000,
-                      "tensor_parallel_size": 4},
-        "learner": {"device": "cuda"},
+        "annotator": {**_REFERENCE_METHOD["annotator"], "num_annotators": "auto"},
         "actors": {"num_actors": "auto", "envs_per_actor": 20},
         "cluster": {"address": "auto"},
         "paths": {"run_dir": "runs/cluster"},
