@@ -97,7 +97,7 @@ def test_load_network_from_a_checkpoint_folder(tmp_path):
 # the paper's protocol: intervals, seeds, parallel actors, the generated policy by default
 # ---------------------------------------------------------------------------------------
 def test_wilson_interval_against_known_values():
-    from mmotif.evaluation.evaluate import episodes_for_half_width, wilson_interval
+    from mmotif.evaluation.intervals import episodes_for_half_width, wilson_interval
 
     def close(got, want):
         return all(abs(g - w) < 5e-5 for g, w in zip(got, want))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mmotif.contract import LABEL_FIRST, LABEL_TIE, LABEL_UNKNOWN
-from mmotif.evaluation.report import wilson_interval, write_report
+from mmotif.evaluation.intervals import wilson_interval
+from mmotif.evaluation.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

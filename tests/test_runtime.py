@@ -22,6 +22,7 @@ from mmotif.checkpoint import CheckpointError, latest_checkpoint
 from mmotif.runtime.resume import load_checkpoint
 from mmotif.runtime.driver import Driver
 from mmotif.runtime.shells import LearnerActor, RolloutActor
+from mmotif.tasks import get_task, reference_policy_source
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,11 @@ def read_metrics(run_dir):
 
 def test_short_run_trains_and_checkpoints(tmp_path, ray_local):
     cfg = local_cfg(tmp_path, time_limit_s=25)
-    summary = Driver(cfg).run()
     run_dir = tmp_path / "run"
+    plan = run_dir / "plans" / "gnomish.py"  # as `mmotif plan --task gnomish --out <run>/plans` writes it
+    plan.parent.mkdir(parents=True)
+    plan.write_text(reference_policy_source(get_task("gnomish")))
+    summary = Driver(cfg).run()
     rows = [r for r in read_metrics(run_dir) if "learner_loss/loss" in r]
     assert len(rows) >= 3
     assert all(np.isfinite(r["learner_loss/loss"]) for r in rows)
@@ -65,6 +69,9 @@ def test_short_run_trains_and_checkpoints(tmp_path, ray_local):
     assert changed, "training changed no weight"
     assert driver_state["env_steps"] == learner_state["env_steps"] > 0
     assert (run_dir / "report" / "competence.png").is_file() and (run_dir / "competence_random.json").is_file()
+    evaluation = summary["evaluation"]["gnomish"]  # the end-of-run evaluation used the run's plan
+    assert evaluation["policy"] == str(plan) and evaluation["episodes"] == cfg.evaluation.episodes
+    assert 0.0 <= evaluation["interval95"]["proxy"]["low"] <= evaluation["interval95"]["proxy"]["high"] <= 1.0
 
 
 def test_reward_version_published_mid_run_is_used(tmp_path, ray_local):

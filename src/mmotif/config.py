@@ -314,11 +314,14 @@ class ActorsConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Zero-shot evaluation at the end of `mmotif run` (the task's reference policy over the
-    trained skills), with a replay of the first episode."""
+    """Zero-shot evaluation at the end of `mmotif run`: the trained skills under each task's
+    policy over skills (the run's generated <run_dir>/plans/<task>.py when present, else the
+    task's reference policy), in parallel Ray actors, with a replay of the first episode.
+    `mmotif eval` on the checkpoint runs the paper's protocol (about 1,000 episodes, 9 seeds)."""
 
     tasks: list[str] = Field(default_factory=list, description="task names (see mmotif eval --help)")
-    episodes: int = Field(8, ge=1)
+    episodes: int = Field(8, ge=1, description="episodes per task, split over the seeds")
+    seeds: int = Field(1, ge=1, description="action-sampling seeds (run seed, run seed + 1, ...)")
     max_steps: int = Field(10_000, gt=0, description="env steps per evaluation episode")
     replays: int = Field(1, ge=0, description="episodes recorded (the first rendered as GIF + HTML)")
 

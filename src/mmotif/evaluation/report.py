@@ -23,6 +23,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from mmotif.evaluation.intervals import wilson_interval
+
 COMPETENCE_TITLE = "Skill competence: events per 1,000 steps of the skill (dashed: random actions)"
 
 
@@ -191,17 +193,6 @@ def _figure_specs(rows: list[dict]) -> list[tuple[str, str, str, list[tuple]]]:
 
 
 # -- numbers -----------------------------------------------------------------------------------
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a success rate (95% for z = 1.96); sound at 0/n and n/n."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _interval_text(mean: float, se: float, n: int, unit: str) -> str:

@@ -279,20 +279,33 @@ class Driver:
             ray.kill(actor)
 
     def _evaluate(self) -> dict:
-        """The trained network, frozen, under each task's reference policy over skills."""
-        from mmotif.evaluation.evaluate import evaluate
+        """The trained network, frozen, under each task's policy over skills: the run's
+        generated one (<run>/plans/<task>.py, from `mmotif plan`) when it has one, else the
+        task's shipped reference policy (named so in the results); the episodes split over
+        `evaluation.seeds` seeds in parallel Ray actors on the CPUs left free."""
+        from mmotif.evaluation.evaluate import PolicySource, generated_policy, render_first_replay
+        from mmotif.runtime.evaluation import evaluate_on_ray
 
         cfg, net, _ = load_network(self.run_dir)
         e, out = self.cfg.evaluation, {}
+        policies = {}
         for task in e.tasks:
+            path = generated_policy(self.run_dir, task)
+            policies[task] = PolicySource(path.read_text(), str(path)) if path else PolicySource(None, f"reference:{task}")
+        seeds = [self.cfg.seed + k for k in range(e.seeds)]
+        free_cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+        results = evaluate_on_ray(cfg, net, policies, e.episodes, seeds, actors=free_cpus, max_steps=e.max_steps,
+                                  record=e.replays, out_dir=self.run_dir / "eval")
+        for task, res in results.items():
             folder = self.run_dir / "eval" / task
-            results = evaluate(cfg, net, task, episodes=e.episodes, seed=self.cfg.seed,
-                               max_steps=e.max_steps, record=e.replays, out_dir=folder, log=lambda line: None)
-            results.write(folder)
-            summary = results.summary()
+            if e.replays:
+                render_first_replay(res, folder)
+            res.write(folder)
+            summary = res.summary()
             out[task] = {"proxy": summary["proxy"]["mean"], "exact": summary["exact"]["mean"],
                          "paper": summary["paper"]["mean"], "episodes": summary["episodes"],
-                         "files": dict(results.files)}
+                         "policy": policies[task].name, "interval95": summary["interval95"],
+                         "files": dict(res.files)}
             self.metrics.record(self.counters.env_steps, {
                 f"task_success/{task}:{check}": summary[check]["mean"] for check in ("proxy", "exact")})
         return out
