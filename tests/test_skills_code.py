@@ -239,6 +239,17 @@ def test_cmd_skills_code_writes_a_file_the_config_can_name(tmp_path, capsys):
     resolved = resolve_training_policy(cfg, log=quiet)
     assert resolved.env.training_policy_code == path.read_text()
     assert str(path) in capsys.readouterr().out
+    # a task policy planned for that config runs the skills under the generated rules
+    from test_codegen import GOOD_CLASS, reply_with
+
+    argv = ["plan", "--task", "gnomish", "--set", f"env.training_policy={path}", "--out", str(tmp_path / "plans")]
+    args = build_parser(argv).parse_args(argv)
+    assert args.func(args, llm=ScriptedLLM([reply_with(GOOD_CLASS), "Yes."])) == 0
+    assert "def has_loot" in (tmp_path / "plans" / "gnomish.py").read_text()
+    argv[argv.index(f"env.training_policy={path}")] = "env.training_policy=builtin:exploration"
+    args = build_parser(argv).parse_args(argv)
+    assert args.func(args, llm=ScriptedLLM([reply_with(GOOD_CLASS), "Yes."])) == 0
+    assert "def has_loot" not in (tmp_path / "plans" / "gnomish.py").read_text()
 
 
 # ---------------------------------------------------------------------------------------

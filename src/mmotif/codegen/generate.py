@@ -301,6 +301,26 @@ def _make_llm(coder: CoderConfig, cache: Path | None):
         raise SystemExit(f"mmotif plan: {err} (--base-url)") from None
 
 
+def trained_skill_functions(args) -> str | None:
+    """The initiation/termination functions the config's skills train with, when generated
+    (`env.training_policy` a skills-code file, or `generate`: <run_dir>/skills_code/), so that
+    a task policy runs the skills under the rules they learned; None: the built-ins."""
+    from mmotif.codegen.skills_code import GENERATED_FILE, initiation_termination_of
+    from mmotif.config import GENERATED_TRAINING_POLICY
+
+    if not hasattr(args, "config"):
+        return None
+    cfg = resolve_config(args.config, args.preset, sets=args.set or ())[0]
+    env = cfg.env
+    source = env.training_policy_code
+    if source is None and not env.training_policy.startswith("builtin:"):
+        run_dir = Path(cfg.paths.run_dir).expanduser()
+        path = (run_dir / "skills_code" / GENERATED_FILE if env.training_policy == GENERATED_TRAINING_POLICY
+                else Path(env.training_policy))
+        source = path.read_text() if path.is_file() else None
+    return initiation_termination_of(source) if source else None
+
+
 def cmd_plan(args, llm=None) -> int:
     """`mmotif plan`: generate (or, when asked, fall back to the reference) and write the
     policy file + trace. Exit 0 when a policy was written, 1 when generation failed."""
@@ -322,7 +342,8 @@ def cmd_plan(args, llm=None) -> int:
         coder, cache = coder_config(args)
         llm = llm or _make_llm(coder, cache)
         result = plan(instruction, llm, task=task, skills=skills, max_rewrites=args.max_rewrites, max_tokens=coder.max_tokens,
-                      temperature=coder.temperature, record_dir=out / "generations", name=name)
+                      temperature=coder.temperature, record_dir=out / "generations", name=name,
+                      initiation_termination=trained_skill_functions(args))
         print(f"mmotif plan: {result.reason}")
         if result.accepted:
             path, trace = write_policy(result, out / f"{name}.py")
