@@ -228,7 +228,6 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """`mmotif plan`'s own arguments (the config ones are added beside them)."""
-    from mmotif.codegen.generate import MAX_REWRITES
     from mmotif.llm.weights import DEFAULT_MODEL
 
     parser.add_argument("instruction", nargs="?", default=None,
@@ -243,7 +242,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"model name (default: coder.model; when --backend changes the kind: "
                              f"{DEFAULT_MODEL} embedded, 'default' openai)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
-    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
+    parser.add_argument("--max-rewrites", type=int, default=None, help="default: coder.max_rewrites (3)")
     parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens (4096)")
     parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature (0.2)")
     parser.add_argument("--out", type=Path, default=Path("runs/plans"), help="output folder")
@@ -263,13 +262,13 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_skills_code_arguments(parser: argparse.ArgumentParser) -> None:
     """`mmotif skills-code`'s own arguments."""
-    from mmotif.codegen.skills_code import GENERATED_FILE, MAX_REWRITES
+    from mmotif.codegen.skills_code import GENERATED_FILE
 
     parser.add_argument("--backend", default=None, choices=("embedded", "openai"),
                         help="LLM backend (default: coder.backend of the config)")
     parser.add_argument("--model", default=None, help="model name (default: coder.model)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible server (default: coder.base_url)")
-    parser.add_argument("--max-rewrites", type=int, default=MAX_REWRITES)
+    parser.add_argument("--max-rewrites", type=int, default=None, help="default: coder.max_rewrites (3)")
     parser.add_argument("--max-tokens", type=int, default=None, help="default: coder.max_tokens")
     parser.add_argument("--temperature", type=float, default=None, help="default: coder.temperature")
     parser.add_argument("--out", type=Path, default=Path("runs/skills-code"),

@@ -135,7 +135,12 @@ class LLMConfig(_Section):
 
 
 class CoderConfig(LLMConfig):
-    """The coder: the LLM that writes code policies (`mmotif plan`, mmotif.codegen)."""
+    """The coder: the LLM that writes code policies (`mmotif plan`, `mmotif skills-code`,
+    `env.training_policy: generate`; mmotif.codegen)."""
+
+    max_rewrites: int = Field(
+        3, ge=0, description="refinement rounds after the first generation (the method's 3); a small "
+        "CPU model takes minutes per round")
 
 
 class AnnotatorConfig(LLMConfig):

@@ -284,7 +284,7 @@ def coder_config(args) -> tuple[CoderConfig, Path | None]:
     else:
         coder = CoderConfig()
     fields = {"model": args.model, "base_url": args.base_url, "max_tokens": args.max_tokens,
-              "temperature": args.temperature}
+              "temperature": args.temperature, "max_rewrites": args.max_rewrites}
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.backend not in (None, "none", coder.backend):  # another kind: its model, unless given
         fields = {"backend": args.backend, "model": DEFAULT_MODEL if args.backend == "embedded" else "default",
@@ -341,7 +341,7 @@ def cmd_plan(args, llm=None) -> int:
     if args.backend != "none" or llm is not None:
         coder, cache = coder_config(args)
         llm = llm or _make_llm(coder, cache)
-        result = plan(instruction, llm, task=task, skills=skills, max_rewrites=args.max_rewrites, max_tokens=coder.max_tokens,
+        result = plan(instruction, llm, task=task, skills=skills, max_rewrites=coder.max_rewrites, max_tokens=coder.max_tokens,
                       temperature=coder.temperature, record_dir=out / "generations", name=name,
                       initiation_termination=trained_skill_functions(args))
         print(f"mmotif plan: {result.reason}")

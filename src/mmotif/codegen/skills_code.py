@@ -323,7 +323,8 @@ def _generated_for_run(cfg, llm, log) -> str:
         llm = backend_from_config(cfg.coder, section="coder", cache_dir=cfg.paths.model_cache)
     log(f"mmotif run: the coder ({model_name(llm)}) writes the skills' code into {folder}")
     code = generate_skills_code(llm, _skill_set(cfg), record_dir=folder / "generations",
-                                max_tokens=cfg.coder.max_tokens, temperature=cfg.coder.temperature, log=log)
+                                max_rewrites=cfg.coder.max_rewrites, max_tokens=cfg.coder.max_tokens,
+                                temperature=cfg.coder.temperature, log=log)
     write_skills_code(code, path)
     return path.read_text()
 
@@ -337,7 +338,7 @@ def cmd_skills_code(args, llm=None) -> int:
     cfg = resolve_config(args.config, args.preset, sets=args.set or ())[0]
     llm = llm or _make_llm(coder, cache)
     out = Path(args.out)
-    code = generate_skills_code(llm, _skill_set(cfg), record_dir=out / "generations", max_rewrites=args.max_rewrites,
+    code = generate_skills_code(llm, _skill_set(cfg), record_dir=out / "generations", max_rewrites=coder.max_rewrites,
                                 max_tokens=coder.max_tokens, temperature=coder.temperature)
     path = write_skills_code(code, out / GENERATED_FILE)
     for name, result in code.results.items():
