@@ -365,11 +365,29 @@ class FaultsConfig(_Section):
         "env's rebuilds make its rollout raise)")
 
 
+ActorRole = Literal["learner", "rollout", "annotator", "reward_trainer"]
+
+
 class ClusterConfig(_Section):
     address: str | None = Field(None, description="Ray address to join; None starts Ray locally")
     dashboard_host: str = "127.0.0.1"
     num_cpus: int | None = Field(None, gt=0)
     num_gpus: int | None = Field(None, ge=0)
+    actor_resources: dict[ActorRole, dict[str, float]] = Field(
+        default_factory=dict, description="custom Ray resources each actor of a role asks for, on top of its "
+        "CPUs/GPUs, e.g. {reward_trainer: {spot: 0.01}} with `ray start --resources '{\"spot\": 1}'` on the "
+        "nodes that may host it: pins roles to node types (the learner to the head, rollouts to spot workers)")
+
+    @field_validator("actor_resources")
+    @classmethod
+    def _positive_amounts(cls, roles: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for role, wants in roles.items():
+            for name, amount in wants.items():
+                if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                    raise ValueError(f"{role}: {name} is set by mmotif's sizing; name a custom resource")
+                if amount <= 0:
+                    raise ValueError(f"{role}: {name} must be > 0 (got {amount:g})")
+        return roles
 
 
 class PathsConfig(_Section):

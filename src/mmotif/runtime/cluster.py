@@ -193,13 +193,21 @@ def plan_actors(cfg: RunConfig, ray_cluster_resources: Mapping[str, Any], *,
     return ActorPlan(num_rollout, num_annotators, device)
 
 
+def role_options(cfg: RunConfig, role: str) -> dict[str, Any]:
+    """`.options(resources=...)` of an actor role from `cluster.actor_resources` (nothing
+    when the config pins no custom resource for `role`)."""
+    wants = cfg.cluster.actor_resources.get(role)
+    return {"resources": dict(wants)} if wants else {}
+
+
 def rollout_actor_options(cfg: RunConfig) -> dict[str, Any]:
     """`.options(...)` for a rollout actor: its CPUs, spread over the nodes.
 
     SPREAD matters: Ray's default policy fills the driver's node first, so without it a run
     on a multi-node cluster puts its first actors next to the learner.
     """
-    return {"num_cpus": cfg.actors.threads_per_actor, "scheduling_strategy": "SPREAD"}
+    return {"num_cpus": cfg.actors.threads_per_actor, "scheduling_strategy": "SPREAD",
+            **role_options(cfg, "rollout")}
 
 
 def annotator_placement_group(tp: int, cpus_per_bundle: float = VLLM_ANNOTATOR_CPUS) -> dict[str, Any]:
@@ -240,13 +248,17 @@ def autoscaler_bundles(cfg: RunConfig, plan: ActorPlan) -> list[dict[str, float]
     a = cfg.actors
     if a.num_actors != "auto" or a.max_actors is None:
         return []
-    learner = {"CPU": float(LEARNER_CPUS), **({"GPU": 1.0} if plan.learner_device == "cuda" else {})}
+    pinned = cfg.cluster.actor_resources  # custom resources tell the autoscaler which node type to launch
+    learner = {"CPU": float(LEARNER_CPUS), **({"GPU": 1.0} if plan.learner_device == "cuda" else {}),
+               **pinned.get("learner", {})}
     bundles = [learner]
     if plan.num_annotators:
         if cfg.annotator.backend == "vllm":
             for _ in range(plan.num_annotators):
-                bundles += annotator_placement_group(cfg.annotator.tensor_parallel_size)["bundles"]
+                group = annotator_placement_group(cfg.annotator.tensor_parallel_size)["bundles"]
+                group[0].update(pinned.get("annotator", {}))
+                bundles += group
         else:
-            bundles += [{"CPU": float(annotator_cpus(cfg))}] * plan.num_annotators
-        bundles.append({"CPU": float(REWARD_TRAINER_CPUS)})
-    return bundles + [{"CPU": float(a.threads_per_actor)}] * a.max_actors
+            bundles += [{"CPU": float(annotator_cpus(cfg)), **pinned.get("annotator", {})}] * plan.num_annotators
+        bundles.append({"CPU": float(REWARD_TRAINER_CPUS), **pinned.get("reward_trainer", {})})
+    return bundles + [{"CPU": float(a.threads_per_actor), **pinned.get("rollout", {})}] * a.max_actors

@@ -32,7 +32,7 @@ from mmotif.contract import EnvRebuild, append_captions
 from mmotif.rewards.store import PreferenceStore
 from mmotif.runtime.cluster import (
     LEARNER_CPUS, REWARD_TRAINER_CPUS, annotator_cpus, annotator_placement_group, autoscaler_bundles,
-    new_rollout_actors, plan_actors, rollout_actor_options,
+    new_rollout_actors, plan_actors, role_options, rollout_actor_options,
 )
 from mmotif.runtime.metrics import MetricsSink
 from mmotif.runtime.progress import Progress, WindowedRate
@@ -87,6 +87,7 @@ class RunCounters:
     steps_at_start: int = 0  # env steps already done when this process started (resume)
     env_steps: int = 0
     batches_dropped_for_lag: int = 0
+    batches_lost: int = 0  # trajectories whose node died before the learner fetched them
     labels: int = 0
     tie_shares: dict = field(default_factory=dict)  # skill -> (ties, known labels), from the store
     label_seconds: float = 0.0
@@ -147,7 +148,7 @@ class Driver:
         self.plan = plan
         self._request_autoscaling(plan)
         self.learner = LearnerActor.options(
-            num_cpus=LEARNER_CPUS, num_gpus=1 if plan.learner_device == "cuda" else 0,
+            num_cpus=LEARNER_CPUS, num_gpus=1 if plan.learner_device == "cuda" else 0, **role_options(cfg, "learner"),
         ).remote(cfg_data, learner_state)
         # actor -> its `ready` ping: an actor gets no work until it answers (new or restarted)
         self._awaiting: dict = {}
@@ -160,7 +161,8 @@ class Driver:
         self.annotators, self.reward_trainer = [], None
         if self.with_annotation and plan.num_annotators:
             self.annotators = [self._new_annotator(cfg_data) for _ in range(plan.num_annotators)]
-            self.reward_trainer = RewardTrainerActor.options(num_cpus=REWARD_TRAINER_CPUS).remote(cfg_data)
+            self.reward_trainer = RewardTrainerActor.options(
+                num_cpus=REWARD_TRAINER_CPUS, **role_options(cfg, "reward_trainer")).remote(cfg_data)
         self.with_annotation = bool(self.annotators)
 
     def _request_autoscaling(self, plan) -> None:
@@ -203,11 +205,16 @@ class Driver:
         a = self.cfg.annotator
         if a.backend == "vllm":
             # all tensor-parallel ranks on one node (STRICT_PACK), vLLM's workers inside
-            pg = ray.util.placement_group(**annotator_placement_group(a.tensor_parallel_size))
+            pinned = role_options(self.cfg, "annotator")
+            spec = annotator_placement_group(a.tensor_parallel_size)
+            spec["bundles"][0].update(pinned.get("resources", {}))  # the actor sits in bundle 0
+            pg = ray.util.placement_group(**spec)
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
             gpus = 1 if a.tensor_parallel_size == 1 else 0
-            return AnnotatorActor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy).remote(cfg_data)
-        return AnnotatorActor.options(num_cpus=annotator_cpus(self.cfg)).remote(cfg_data)
+            return AnnotatorActor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=strategy,
+                                          **pinned).remote(cfg_data)
+        return AnnotatorActor.options(num_cpus=annotator_cpus(self.cfg),
+                                      **role_options(self.cfg, "annotator")).remote(cfg_data)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -233,6 +240,7 @@ class Driver:
         self._scored: dict[str, set[str]] = {name: set() for name in names}
         self.metrics = MetricsSink(self.run_dir, wandb=wandb_logger(self.cfg))
         self._reward_update = None  # ref of the models the learner uses (refills a restarted trainer)
+        self._trainer_back = None  # the restarting reward trainer's `ready` ping
         if driver_state:
             self._restore(driver_state)
         if reward_models is not None:
@@ -458,6 +466,12 @@ class Driver:
     def _learner_result(self, ref) -> dict | None:
         try:
             stats = ray.get(ref)
+        except ray.exceptions.ObjectLostError as err:  # the trajectory's node died before the learner had it
+            self.counters.batches_lost += 1
+            log.warning("a trajectory was lost with its node (%d so far): %s", self.counters.batches_lost,
+                        _cause_line(err))
+            self.metrics.record(self.counters.env_steps, {"batches_lost_total": self.counters.batches_lost})
+            return None
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if hasattr(err, "cause") else err
             if isinstance(cause, FloatingPointError):
@@ -643,6 +657,8 @@ class Driver:
     # The driver owns the preference store and the versions on disk; the trainer holds a copy
     # of the labels, sent as they are stored, and is refilled when it restarted empty.
     def _feed_reward_trainer(self) -> None:
+        if self._trainer_back is not None:  # restarting: it is refilled once it answers
+            return
         rows = list(self.store.iter_preferences(after_rowid=self._fed_cursor))
         if rows:
             self.reward_trainer.add.remote(rows)
@@ -659,6 +675,10 @@ class Driver:
         self._fed_rows, self._fed_cursor = len(rows), self.store.cursor()
 
     def _pump_reward_training(self, call):
+        if self._trainer_back is not None:  # Ray restarts it (on a lost node: once a node joins)
+            if not ray.wait([self._trainer_back], timeout=0)[0]:
+                return None
+            self._trainer_back = None
         if call is not None:
             ref, rows_sent = call
             if not ray.wait([ref], timeout=0)[0]:
@@ -672,6 +692,7 @@ class Driver:
                             self.counters.reward_trainer_restarts, str(err).strip().splitlines()[-1][:300])
                 self.metrics.record(self.counters.env_steps,
                                     {"reward_trainer_restarts_total": self.counters.reward_trainer_restarts})
+                self._trainer_back = self.reward_trainer.ready.remote()  # one restart, one count
                 return None
             if rows_held < rows_sent:  # a restarted trainer: empty
                 log.warning("reward trainer holds %d of %d labels (restarted): refilling", rows_held, rows_sent)

@@ -40,6 +40,8 @@ class RolloutActor:
         batch = self.worker.collect()
         return batch, self.worker.pop_side_log()
 
+    # a ping sent while Ray restarts the actor waits for it (its node lost: until a node joins)
+    @ray.method(max_task_retries=-1)
     def ready(self) -> bool:
         """Answers once the envs are built (after a restart too)."""
         return True
@@ -104,6 +106,7 @@ class AnnotatorActor:
         self.score_cache: dict = {}
         self.stats = AnnotationStats()
 
+    @ray.method(max_task_retries=-1)  # see RolloutActor.ready
     def ready(self) -> bool:
         """Answers once the engine is loaded (after a restart too)."""
         return True
@@ -127,6 +130,11 @@ class RewardTrainerActor:
         from mmotif.rewards.trainer import RewardTrainer
 
         self.trainer = RewardTrainer(_config(config))
+
+    @ray.method(max_task_retries=-1)  # see RolloutActor.ready
+    def ready(self) -> bool:
+        """Answers once the actor is up (after a restart too: then it holds no label)."""
+        return True
 
     def add(self, preferences: list, trained: bool = False) -> int:
         return self.trainer.add(preferences, trained=trained)
