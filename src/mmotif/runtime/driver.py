@@ -131,10 +131,12 @@ class Driver:
             context = ray.init(address=c.address, **kwargs)
         else:
             # Locally, every actor gets a logical CPU even when the machine has fewer cores:
-            # NLE stepping, the learner and the LLM then share the cores.
+            # NLE stepping, the learner and the LLM then share the cores. address="local": a
+            # fresh instance, never a cluster another process left running on this machine.
             n = self.cfg.actors.num_actors
             needed = (n if isinstance(n, int) else 1) * self.cfg.actors.threads_per_actor + 3
-            context = ray.init(num_cpus=c.num_cpus or max(os.cpu_count() or 1, needed), num_gpus=c.num_gpus, **kwargs)
+            context = ray.init(address="local", num_cpus=c.num_cpus or max(os.cpu_count() or 1, needed),
+                               num_gpus=c.num_gpus, **kwargs)
         # the real address: Ray takes another port when 8265 is in use
         url = getattr(context, "dashboard_url", None)
         self.dashboard_url = f"http://{url}" if url and "://" not in url else url or None
