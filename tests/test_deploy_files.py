@@ -211,6 +211,72 @@ def test_dockerfile_installs_the_package_with_vllm_and_pins_torch():
         assert needed in ignore
 
 
+# PyPI's Linux wheel of each pinned torch and the CUDA major it is built for (its
+# nvidia-*-cuNN requirements); the image and the hosts' drivers must follow it
+TORCH_WHEEL_CUDA_MAJOR = {"2.13.0": 13}
+
+
+def _cuda_major_of_image() -> int:
+    steps = _dockerfile()
+    base = " ".join(a for w, a in steps if w in ("ARG", "FROM"))
+    found = re.findall(r"nvidia/cuda:(\d+)\.\d+", base)
+    assert len(set(found)) == 1, base
+    return int(found[0])
+
+
+def test_image_drivers_and_torch_agree_on_cuda():
+    from mmotif.models.device import _MIN_DRIVER
+    pin = _torch_pin().split("==")[1]
+    major = TORCH_WHEEL_CUDA_MAJOR[pin]
+    assert _cuda_major_of_image() == major
+    families = re.findall(r"family/(\S+)", (DEPLOY / "gcp.yaml").read_text())
+    assert families
+    for family in families:  # a Deep Learning VM with a driver new enough for that CUDA
+        assert int(re.search(r"nvidia-(\d+)$", family).group(1)) >= _MIN_DRIVER[major], family
+    table = (DEPLOY / "README.md").read_text()
+    assert f"`{pin}`" in table and f">= {_MIN_DRIVER[major]}" in table
+
+
+def test_gated_weights_have_a_token_and_a_cache_everywhere():
+    assert any(w == "ENV" and "HF_HOME=/mnt/hf-cache" in a for w, a in _dockerfile())
+    for name in ("aws.yaml", "gcp.yaml"):
+        cfg = yaml.safe_load((DEPLOY / name).read_text())
+        options = " ".join(cfg["docker"]["run_options"])
+        assert "HF_TOKEN_PATH=/mnt/hf-token" in options and ":/mnt/hf-cache" in options, name
+        assert "/mnt/hf-token" in cfg["file_mounts"], name
+    docs = _kuberay()
+    spec = next(d for d in docs if d["kind"] == "RayJob")["spec"]
+    claims = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    pods = _rayjob_pod_templates(spec)
+    gpu_pods = [t["spec"] for t in pods.values()
+                if t and "nvidia.com/gpu" in t["spec"]["containers"][0].get("resources", {}).get("limits", {})]
+    assert gpu_pods
+    for pod in gpu_pods:
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume = {v["name"]: v for v in pod["volumes"]}[mounts["/mnt/hf-cache"]]
+        assert "ReadWriteMany" in claims[volume["persistentVolumeClaim"]["claimName"]]["accessModes"]
+
+
+def test_only_the_head_pod_mounts_the_run_folder():
+    """The driver (on the head) is the only writer of run files; workers get everything
+    through Ray, so the runs volume needs no shared filesystem."""
+    docs = _kuberay()
+    spec = next(d for d in docs if d["kind"] == "RayJob")["spec"]
+    claims = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for name, template in _rayjob_pod_templates(spec).items():
+        if not template:
+            continue
+        volumes = template["spec"].get("volumes", [])
+        runs = [v for v in volumes if v.get("persistentVolumeClaim", {}).get("claimName") == "mmotif-runs"]
+        assert bool(runs) == (name == "head"), name
+    assert claims["mmotif-runs"]["accessModes"] == ["ReadWriteOnce"]
+    images = re.findall(r"image:\s*(\S+)", (DEPLOY / "kuberay-rayjob.yaml").read_text())
+    assert images and all(i.startswith("<registry>/mmotif:") for i in images)
+
+
 # ------------------------------------------------------------------ Grafana
 
 

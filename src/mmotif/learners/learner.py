@@ -18,21 +18,14 @@ from mmotif.config import RunConfig
 from mmotif.contract import PolicyVersion, TrajectoryBatch, concat_batches
 from mmotif.learners.appo import learner_step, make_optimizer
 from mmotif.models.build import make_network
+from mmotif.models.device import resolve_device
 from mmotif.rewards.versions import RewardModelSet
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("learner.device is 'cuda' but this node has no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 class Learner:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.device = resolve_device(cfg.learner.device)
+        self.device = resolve_device("learner.device", cfg.learner.device)
         torch.manual_seed(cfg.seed)
         self.net = make_network(cfg).to(self.device)
         # bf16 autocast only where it pays (tensor cores); on CPU it is slower, so it stays off

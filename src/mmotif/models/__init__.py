@@ -5,5 +5,6 @@
 - `layers`: orthogonal initialisation and parameter counts, shared by both networks;
 - `network`: `SkillPolicyNet` (spec §7), its size presets, the recurrent-state convention
   (`mask_state`) and the exact encoding shortcuts (`encode_distinct`, `EncodingCache`);
-- `build`: `make_network`, the policy built from a run config.
+- `build`: `make_network`, the policy built from a run config;
+- `device`: `resolve_device`, the learner's and reward trainer's device, with a CUDA diagnosis.
 """

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from mmotif.config import RewardConfig
 from mmotif.contract import LABEL_UNKNOWN, Caption, Preference
+from mmotif.models.device import resolve_device
 from mmotif.rewards.model import RewardModel, encode_captions
 from mmotif.rewards.stats import compute_reward_stats
 from mmotif.rewards.store import preference_key
@@ -83,12 +84,6 @@ def reward_config(config: RewardConfig | Mapping[str, Any] | None = None) -> Rew
 def paper_config(**overrides: Any) -> RewardConfig:
     """The original hyper-parameters: Adam 1e-5, batch 1,000, 20 epochs, no shuffling."""
     return RewardConfig(**{**dict(lr=1e-5, batch_size=1000, epochs=20, min_steps=0, shuffle=False), **overrides})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -175,7 +170,7 @@ def train_reward_model(preferences: Iterable[Preference],
     if len(skills) != 1:
         raise ValueError(f"train_reward_model trains one skill at a time, got {sorted(skills)}")
     skill = skills.pop()
-    device = resolve_device(cfg.device)
+    device = resolve_device("reward.device", cfg.device)
     t0 = time.perf_counter()
 
     unique, pairs, targets = _index_pairs(prefs)
