@@ -196,8 +196,10 @@ def test_dockerfile_installs_the_package_with_vllm_and_pins_torch():
     runs = [a for w, a in steps if w == "RUN"]
     assert any("python3.11" in r for r in runs)
     pin = _torch_pin()  # torch==2.13.0
-    installs = [r for r in runs if "pip install" in r and re.search(r"""["']?\.\[vllm\]""", r)]
+    installs = [r for r in runs if "pip install" in r and re.search(r"""\.\[[^\]]*\bvllm\b[^\]]*\]""", r)]
     assert installs, "the image must `pip install .[vllm]`"
+    extras = set(re.search(r"\.\[([^\]]*)\]", installs[0]).group(1).split(","))
+    assert {"s3", "gcs"} <= extras, "paths.storage on a bucket needs the s3/gcs fsspec backends in the image"
     # the package install carries the torch pin (or a constraints file holding it)
     for r in installs:
         assert pin in r.replace('"', "") or "-c " in r

@@ -392,6 +392,17 @@ class ClusterConfig(_Section):
 
 class PathsConfig(_Section):
     run_dir: Path = Path("runs/latest")
+    storage: str | None = Field(
+        None, description="durable copy of the run folder: a folder or an fsspec URI (s3://, gs://, "
+                          "file://); mirrored after each checkpoint, fetched by --resume on a head "
+                          "without the run (mmotif.storage)")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_opens_here(cls, uri: str | None) -> str | None:
+        from mmotif.storage import check_storage_uri  # fsspec: imported only when a copy is asked for
+
+        return None if uri is None else check_storage_uri(uri)
     model_cache: Path | None = Field(
         None, description="cache of the embedded LLM (converted models under models/); "
                           "None: $MMOTIF_CACHE or ~/.cache/mmotif")

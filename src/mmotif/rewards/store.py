@@ -374,6 +374,16 @@ class PreferenceStore:
                 (LABEL_TIE, LABEL_UNKNOWN)).fetchall()
         return {skill: (int(ties or 0), int(known or 0)) for skill, ties, known in rows}
 
+    def snapshot(self, dest: str | os.PathLike) -> None:
+        """A consistent copy of the store at `dest` (SQLite's online backup), safe while the
+        store is in use: what `paths.storage` uploads instead of the live file and its WAL."""
+        with self._lock:
+            target = sqlite3.connect(str(dest))
+            try:
+                self._conn.backup(target)
+            finally:
+                target.close()
+
     def cursor(self) -> int:
         """Largest row id stored so far (0 when empty): pass it as `after_rowid` to resume."""
         with self._lock:
@@ -427,6 +437,11 @@ class PreferenceStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._closed = True
+
+    @property
+    def is_open(self) -> bool:
+        return not getattr(self, "_closed", False)
 
     def __enter__(self) -> "PreferenceStore":
         return self

@@ -26,7 +26,7 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmotif.annotators.sampler import PairSampler
-from mmotif.checkpoint import load_network, save_checkpoint
+from mmotif.checkpoint import load_network, newest_complete_checkpoint, save_checkpoint
 from mmotif.config import ConfigError, RunConfig
 from mmotif.contract import EnvRebuild, append_captions
 from mmotif.rewards.store import PreferenceStore
@@ -41,6 +41,7 @@ from mmotif.runtime.wandb_logger import wandb_logger
 from mmotif.evaluation.report import write_report
 from mmotif.runtime.shells import AnnotatorActor, LearnerActor, RewardTrainerActor, RolloutActor
 from mmotif.skills.competence import CompetenceTally, WindowTally, metric_values
+from mmotif.storage import RunStorage
 
 log = logging.getLogger("mmotif")
 
@@ -101,12 +102,16 @@ class RunCounters:
     reward_trainer_restarts: int = 0
     reward_trainer_refills: int = 0
     annotation_failures: int = 0  # calls that raised (the LLM/server failed), actor alive
+    storage_failures: int = 0  # uploads to paths.storage that failed (retried at the next checkpoint)
 
 
 class Driver:
     def __init__(self, cfg: RunConfig, resume: bool = False, with_annotation: bool = True):
         self.cfg = cfg
         self.run_dir = _run_folder(Path(cfg.paths.run_dir).expanduser())
+        self.storage = RunStorage(cfg.paths.storage, self.run_dir) if cfg.paths.storage else None
+        if resume and self.storage is not None and newest_complete_checkpoint(self.run_dir) is None:
+            self.storage.download()  # a fresh head: the run lives on in its durable copy
         if resume:  # refuse a config that cannot continue the run before overwriting its config.yaml
             check_resumable(self.run_dir, cfg)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -280,6 +285,7 @@ class Driver:
         finally:
             self.metrics.close()
         summary["report"] = str(write_report(self.run_dir, summary))
+        self._sync_storage()
         return summary
 
     def _release_actors(self) -> None:
@@ -749,6 +755,21 @@ class Driver:
         }
         path = save_checkpoint(self.run_dir, self.cfg, learner_state, driver_state)
         log.info("checkpoint %s", path)
+        self._sync_storage(store=getattr(self, "store", None))
+
+    def _sync_storage(self, store=None) -> None:
+        """Mirror the run folder to paths.storage. A failed upload is logged and counted, never
+        fatal: the local folder still holds everything and the next sync sends it."""
+        if self.storage is None:
+            return
+        try:
+            sent = self.storage.upload(store=store if store is not None and store.is_open else None)
+            log.info("storage: %d files, %d bytes to %s in %.1f s", sent["files"], sent["bytes"],
+                     self.storage.uri, sent["seconds"])
+        except Exception as err:  # a network or credentials failure of the backend
+            self.counters.storage_failures += 1
+            log.error("storage: upload to %s failed (%s); the run folder keeps everything, "
+                      "the next checkpoint tries again", self.storage.uri, _cause_line(err))
 
     def _restore(self, state: dict) -> None:
         self.counters.env_steps = self.counters.steps_at_start = int(state["env_steps"])
@@ -791,4 +812,5 @@ class Driver:
             "wall_s": round(elapsed, 1),
             "env_steps_per_s": round((c.env_steps - c.steps_at_start) / max(elapsed, 1e-9), 1),
             "episodes": c.episodes, "labels": c.labels, "reward_model_versions": c.reward_versions,
+            **({"storage": self.storage.uri, "storage_failures": c.storage_failures} if self.storage else {}),
         }
