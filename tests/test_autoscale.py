@@ -58,6 +58,7 @@ def test_cpus_added_mid_run_become_rollout_actors(cluster, tmp_path, monkeypatch
     while ray.get(new.env_steps.remote(), timeout=30) == 0 and time.time() < deadline + 30:
         time.sleep(0.5)
     assert ray.get(new.env_steps.remote(), timeout=30) > 0, "the new actor should produce trajectories"
+    driver.stop()
     run.join(timeout=120)
     assert result["summary"]["env_steps"] > 0
 
@@ -115,6 +116,10 @@ def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp
         workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU") == 1.0]
         assert workers, "the autoscaler launched no worker node"
         assert len(driver.actors) == 3, f"{len(driver.actors)} rollout actors; max_actors is 3"
+        deadline = time.time() + 60
+        while driver.counters.env_steps == 0 and time.time() < deadline:
+            time.sleep(1.0)
+        driver.stop()
         run.join(timeout=150)
         assert result["summary"]["env_steps"] > 0
     finally:

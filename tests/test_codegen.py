@@ -259,9 +259,10 @@ def test_cmd_plan_writes_policy_or_falls_back_only_when_asked(tmp_path, capsys):
 @pytest.mark.timeout(2400)
 def test_refinement_loop_with_the_embedded_llm(tmp_path):
     """The smallest embedded model (SmolLM2-135M) writes, tests and judges code on the CPU:
-    the loop must end accepted or with a clear failure after 3 rewrites, every round stored.
-    About 10-15 s of prompt processing plus ~0.1 s per generated token per call on a busy
-    2-core machine: a few minutes in all."""
+    the loop must end accepted or with a clear failure after one rewrite, every round stored.
+    (The loop's control flow over more rounds is tested above with a scripted coder; one
+    rewrite is enough to run the real rewrite prompt.) About 10-15 s of prompt processing plus
+    ~0.1 s per generated token per call on a busy 2-core machine."""
     from mmotif.llm.embedded import EmbeddedBackend
 
     try:
@@ -269,16 +270,16 @@ def test_refinement_loop_with_the_embedded_llm(tmp_path):
     except Exception as err:                                # no cached model and no network
         pytest.skip(f"embedded model unavailable: {err}")
     result = plan("Get the player into the Gnomish Mines.", llm, task=GNOMISH, max_tokens=300,
-                  temperature=0.2, record_dir=tmp_path, name="gnomish", log=print)
+                  temperature=0.2, record_dir=tmp_path, name="gnomish", log=print, max_rewrites=1)
     record = json.loads(Path(result.record_path).read_text())
-    assert 1 <= len(record["iterations"]) <= 4
+    assert 1 <= len(record["iterations"]) <= 2
     assert record["model"] == "embedded:smollm2-135m"
     if result.accepted:
         assert is_yes(result.iterations[-1]["check_answer"])
         CodePolicy.from_source(result.source, SkillSet().names, SkillSet().with_precondition())
     else:
-        assert len(record["iterations"]) == 4
-        assert result.reason.startswith("not accepted after 4 generations (3 rewrites)")
+        assert len(record["iterations"]) == 2
+        assert result.reason.startswith("not accepted after 2 generations (1 rewrite)")
     print(result.reason)
 
 

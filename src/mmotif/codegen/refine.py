@@ -244,7 +244,7 @@ def refine(
                                      {"role": "user", "content": phase.rewrite_prompt(answer)}]
     if not result.accepted:
         result.reason = (f"not accepted after {len(result.iterations)} generations "
-                         f"({max_rewrites} rewrites); last: {result.reason}")
+                         f"({max_rewrites} rewrite{'' if max_rewrites == 1 else 's'}); last: {result.reason}")
     store()
     return result
 

@@ -121,7 +121,7 @@ class Driver:
         self.store_path = self.run_dir / "preferences.sqlite"
         self.reward_root = self.run_dir / "rewards"
         self.rng = np.random.default_rng(cfg.seed)
-        self._stop_requested = False
+        self._stop_requested, self._stopped_by = False, ""
         self._pending: dict = {}  # trajectory ref -> (rollout actor, ref of its side log)
         self._last_rollout_at: dict = {}  # rollout actor -> when it last finished a rollout
 
@@ -265,7 +265,7 @@ class Driver:
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         try:
             self._loop()
-            status = ("stopped by Ctrl-C" if self._stop_requested else
+            status = (f"stopped by {self._stopped_by}" if self._stop_requested else
                       "stopped: no rollout actor left (actors.max_replacements spent)" if not self.actors else "finished")
         except BaseException:
             self.metrics.close()
@@ -801,8 +801,13 @@ class Driver:
     def _request_stop(self, *_):
         if self._stop_requested:  # second Ctrl-C: leave now
             raise KeyboardInterrupt
-        self._stop_requested = True
+        self._stop_requested, self._stopped_by = True, "Ctrl-C"
         print("\nmmotif: stopping after this step (checkpointing); Ctrl-C again to abort", flush=True)
+
+    def stop(self) -> None:
+        """Finish after the current step: checkpoint and report, no end-of-run evaluation. What
+        Ctrl-C does, for a run in another thread (a notebook, a test)."""
+        self._stop_requested, self._stopped_by = True, "Driver.stop()"
 
     def _summary(self, status: str) -> dict:
         c = self.counters
