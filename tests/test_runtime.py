@@ -109,6 +109,10 @@ def test_killed_rollout_actor_is_restarted_and_training_goes_on(tmp_path, ray_lo
         # mid-run, both actor slots answer again (the driver releases them when the run ends)
         seen["node_ids"] = ray.get([a.node_id.remote() for a in driver.actors], timeout=60)
         seen["restarts"] = driver.counters.actor_restarts
+        deadline = time.time() + 30  # the time limit stays the backstop
+        while driver.counters.env_steps <= seen["steps_at_kill"] + 2048 and time.time() < deadline:
+            time.sleep(0.2)
+        driver.stop()
 
     killer = threading.Thread(target=kill_one_actor_then_ask_both, daemon=True)
     killer.start()

@@ -3,6 +3,8 @@ run resumed from it on a head that lost its disk."""
 
 import json
 import shutil
+import threading
+import time
 
 import fsspec
 import pytest
@@ -123,15 +125,26 @@ def test_run_resumed_from_its_copy_on_a_head_that_lost_its_disk(tmp_path):
         "checkpoint_every_steps": 2048, "time_limit_s": 20,
         "paths": {"run_dir": str(tmp_path / "head" / "run"), "storage": f"file://{remote}"},
     })
+    def run_until(driver, done):
+        """The run, stopped (Driver.stop) once `done()` holds; the time limit is the backstop."""
+        def watch():
+            while not done() and not driver._stop_requested:
+                time.sleep(0.5)
+            driver.stop()
+        threading.Thread(target=watch, daemon=True).start()
+        return driver.run()
+
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
     try:
-        first = Driver(cfg).run()
+        head = Driver(cfg)
+        first = run_until(head, lambda: head.counters.labels > 0 and head.counters.env_steps >= 4096)
         assert first["storage_failures"] == 0 and first["labels"] > 0
         saved_learner, saved_driver = load_checkpoint(remote, cfg)
         with PreferenceStore(remote / "preferences.sqlite") as copy:
             assert copy.cursor() >= saved_driver["store_cursor"] > 0, "the copy lost labels"
         shutil.rmtree(tmp_path / "head")  # the head node is gone with its disk
-        second = Driver(cfg, resume=True).run()
+        new_head = Driver(cfg, resume=True)
+        second = run_until(new_head, lambda: new_head.counters.env_steps >= saved_learner["env_steps"] + 1024)
     finally:
         ray.shutdown()
     assert second["env_steps"] > saved_learner["env_steps"]
