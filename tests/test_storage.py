@@ -39,6 +39,10 @@ class RecordingFS:
         self.puts.append(remote)
         return self.fs.put_file(local, remote)
 
+    def pipe_file(self, remote, data):
+        self.puts.append(remote)
+        return self.fs.pipe_file(remote, data)
+
     def __getattr__(self, name):
         return getattr(self.fs, name)
 
@@ -71,6 +75,26 @@ def test_second_upload_sends_only_what_changed_and_drops_pruned_checkpoints(tmp_
     assert [p.rsplit("/", 1)[1] for p in storage.fs.puts] == ["metrics.jsonl"]
     assert not (tmp_path / "remote" / "checkpoints" / "step_000000001024").exists()
     assert (tmp_path / "remote" / "checkpoints" / "step_000000002048" / "learner.pt").is_file()
+    store.close()
+
+
+def test_an_upload_sends_the_latest_of_its_listing_not_a_checkpoint_written_meanwhile(tmp_path):
+    """The driver prepares an upload, then goes on training while a worker thread sends it: a
+    checkpoint written in between must not be named by the copy's LATEST before it is there."""
+    run = tmp_path / "run"
+    store = a_run_folder(run)
+    storage = RunStorage(str(tmp_path / "remote"), run)
+    plan = storage.prepare(store=store)
+    (run / "checkpoints" / "step_000000003072").mkdir()
+    (run / "checkpoints" / "step_000000003072" / "learner.pt").write_text("new")
+    (run / "checkpoints" / "LATEST").write_text("step_000000003072")
+    storage.send(plan)
+    remote = tmp_path / "remote" / "checkpoints"
+    assert (remote / "LATEST").read_text() == "step_000000002048"
+    assert not (remote / "step_000000003072").exists()
+    storage.upload()  # the next checkpoint's upload catches up
+    assert (remote / "LATEST").read_text() == "step_000000003072"
+    assert (remote / "step_000000003072" / "learner.pt").read_text() == "new"
     store.close()
 
 

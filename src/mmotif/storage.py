@@ -16,13 +16,19 @@ What a copy holds and in which order:
   backup) so that a copy never holds a half-written WAL;
 - `checkpoints/LATEST` last, so that a reader of the copy never sees it naming a folder not
   fully uploaded; checkpoints pruned locally are then deleted from the copy.
+
+The driver runs uploads in one worker thread (`prepare` in its own thread, `send` in the
+worker), one at a time: a slow bucket delays the copy, never the training loop; a checkpoint
+that comes while an upload still runs is sent by the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import fsspec
@@ -53,6 +59,14 @@ def check_storage_uri(uri: str) -> str:
     return uri
 
 
+@dataclass
+class UploadPlan:
+    files: dict[str, tuple[int, int]]  # relative path -> (size, mtime_ns) when listed
+    latest: bytes | None  # checkpoints/LATEST's content when listed
+    store_snapshot: Path | None
+    scratch: str | None = None  # temporary folder of the snapshot, removed after sending
+
+
 class RunStorage:
     """Mirrors one run folder to `uri` and fetches it back."""
 
@@ -64,6 +78,7 @@ class RunStorage:
         except Exception as err:  # credentials, a bad bucket name: the backend's own words
             raise StorageError(f"paths.storage {uri!r}: cannot open: {type(err).__name__}: {err}") from err
         self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) uploaded
+        self._sent_latest: bytes | None = None
 
     def _remote(self, rel: str) -> str:
         return str(PurePosixPath(self.root) / rel)
@@ -83,35 +98,54 @@ class RunStorage:
         return local.stat().st_size
 
     def upload(self, store=None) -> dict:
-        """Send what changed; `store`: the open PreferenceStore to snapshot (None: leave it)."""
-        start, sent, size = time.monotonic(), 0, 0
-        files = self._local_files()
-        for rel in [f for f in files if f != LATEST] + [f for f in files if f == LATEST]:
-            if rel == LATEST and store is not None:  # the labels before the pointer to their checkpoint
-                size += self._put_store_snapshot(store)
-                sent += 1
-                store = None
-            path = self.run_dir / rel
+        """Send what changed, now; `store`: the open PreferenceStore to snapshot (None: leave it)."""
+        return self.send(self.prepare(store))
+
+    def prepare(self, store=None) -> UploadPlan:
+        """What the next upload sends, fixed now in the caller's thread: the changed files, the
+        store's snapshot and LATEST's content, so that an upload running beside the training
+        loop never sends a LATEST naming a checkpoint written after its listing."""
+        changed = {}
+        for rel in self._local_files():
             try:
-                st = path.stat()
+                st = (self.run_dir / rel).stat()
             except FileNotFoundError:  # pruned meanwhile
                 continue
-            if self._sent.get(rel) == (st.st_size, st.st_mtime_ns):
-                continue
-            size += self._put(path, rel)
-            self._sent[rel] = (st.st_size, st.st_mtime_ns)
-            sent += 1
+            if rel != LATEST and self._sent.get(rel) != (st.st_size, st.st_mtime_ns):
+                changed[rel] = (st.st_size, st.st_mtime_ns)
+        latest = self.run_dir / LATEST
+        plan = UploadPlan(changed, latest.read_bytes() if latest.is_file() else None, None)
         if store is not None:
-            size += self._put_store_snapshot(store)
-            sent += 1
-        self._delete_pruned_checkpoints()
-        return {"files": sent, "bytes": size, "seconds": round(time.monotonic() - start, 3)}
+            plan.scratch = tempfile.mkdtemp(prefix="mmotif-store-")
+            plan.store_snapshot = Path(plan.scratch) / STORE_FILES[0]
+            store.snapshot(plan.store_snapshot)
+        return plan
 
-    def _put_store_snapshot(self, store) -> int:
-        with tempfile.TemporaryDirectory() as tmp:
-            snapshot = Path(tmp) / STORE_FILES[0]
-            store.snapshot(snapshot)
-            return self._put(snapshot, STORE_FILES[0])
+    def send(self, plan: UploadPlan) -> dict:
+        """Upload a prepared plan: files, then the store snapshot, then LATEST; then delete the
+        checkpoints pruned locally from the copy. Safe to run in a worker thread."""
+        start, sent, size = time.monotonic(), 0, 0
+        try:
+            for rel, stamp in plan.files.items():
+                try:
+                    size += self._put(self.run_dir / rel, rel)
+                except FileNotFoundError:  # a checkpoint pruned while this upload ran
+                    continue
+                self._sent[rel] = stamp
+                sent += 1
+            if plan.store_snapshot is not None:  # the labels before the pointer to their checkpoint
+                size += self._put(plan.store_snapshot, STORE_FILES[0])
+                sent += 1
+            if plan.latest is not None and self._sent_latest != plan.latest:
+                self.fs.makedirs(self._remote("checkpoints"), exist_ok=True)
+                self.fs.pipe_file(self._remote(LATEST), plan.latest)
+                self._sent_latest = plan.latest
+                size, sent = size + len(plan.latest), sent + 1
+            self._delete_pruned_checkpoints()
+        finally:
+            if plan.scratch is not None:
+                shutil.rmtree(plan.scratch, ignore_errors=True)
+        return {"files": sent, "bytes": size, "seconds": round(time.monotonic() - start, 3)}
 
     def _delete_pruned_checkpoints(self) -> None:
         remote_root = self._remote("checkpoints")

@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,8 @@ class Driver:
         self.cfg = cfg
         self.run_dir = _run_folder(Path(cfg.paths.run_dir).expanduser())
         self.storage = RunStorage(cfg.paths.storage, self.run_dir) if cfg.paths.storage else None
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="mmotif-storage") if self.storage else None
+        self._upload = None  # the running upload's future
         if resume and self.storage is not None and newest_complete_checkpoint(self.run_dir) is None:
             self.storage.download()  # a fresh head: the run lives on in its durable copy
         if resume:  # refuse a config that cannot continue the run before overwriting its config.yaml
@@ -285,7 +288,9 @@ class Driver:
         finally:
             self.metrics.close()
         summary["report"] = str(write_report(self.run_dir, summary))
-        self._sync_storage()
+        self._sync_storage(wait=True)
+        if self.storage:
+            summary["storage_failures"] = self.counters.storage_failures
         return summary
 
     def _release_actors(self) -> None:
@@ -757,19 +762,40 @@ class Driver:
         log.info("checkpoint %s", path)
         self._sync_storage(store=getattr(self, "store", None))
 
-    def _sync_storage(self, store=None) -> None:
-        """Mirror the run folder to paths.storage. A failed upload is logged and counted, never
-        fatal: the local folder still holds everything and the next sync sends it."""
+    def _sync_storage(self, store=None, wait: bool = False) -> None:
+        """Mirror the run folder to paths.storage: prepared here, sent by a worker thread, one
+        upload at a time (`wait`: finish the running one, then send now, as at the end). A failed
+        upload is logged and counted, never fatal: the local folder still holds everything and
+        the next sync sends it."""
         if self.storage is None:
             return
+        self._collect_upload(wait=wait)
+        if self._upload is not None:  # still sending: the next checkpoint sends what this one missed
+            return
         try:
-            sent = self.storage.upload(store=store if store is not None and store.is_open else None)
+            plan = self.storage.prepare(store=store if store is not None and store.is_open else None)
+            self._upload = self._uploader.submit(self.storage.send, plan)
+        except Exception as err:  # the store snapshot, or a worker that cannot start
+            self._storage_failed(err)
+        if wait:
+            self._collect_upload(wait=True)
+            self._uploader.shutdown(wait=True)
+
+    def _collect_upload(self, wait: bool) -> None:
+        if self._upload is None or not (wait or self._upload.done()):
+            return
+        upload, self._upload = self._upload, None
+        try:
+            sent = upload.result()
             log.info("storage: %d files, %d bytes to %s in %.1f s", sent["files"], sent["bytes"],
                      self.storage.uri, sent["seconds"])
         except Exception as err:  # a network or credentials failure of the backend
-            self.counters.storage_failures += 1
-            log.error("storage: upload to %s failed (%s); the run folder keeps everything, "
-                      "the next checkpoint tries again", self.storage.uri, _cause_line(err))
+            self._storage_failed(err)
+
+    def _storage_failed(self, err: Exception) -> None:
+        self.counters.storage_failures += 1
+        log.error("storage: upload to %s failed (%s); the run folder keeps everything, "
+                  "the next checkpoint tries again", self.storage.uri, _cause_line(err))
 
     def _restore(self, state: dict) -> None:
         self.counters.env_steps = self.counters.steps_at_start = int(state["env_steps"])
@@ -817,5 +843,5 @@ class Driver:
             "wall_s": round(elapsed, 1),
             "env_steps_per_s": round((c.env_steps - c.steps_at_start) / max(elapsed, 1e-9), 1),
             "episodes": c.episodes, "labels": c.labels, "reward_model_versions": c.reward_versions,
-            **({"storage": self.storage.uri, "storage_failures": c.storage_failures} if self.storage else {}),
+            **({"storage": self.storage.uri} if self.storage else {}),
         }
