@@ -117,6 +117,11 @@ def test_download_restores_the_folder_byte_for_byte(tmp_path):
     fsspec.filesystem("memory").rm(uri.split("://")[1], recursive=True)
 
 
+def test_a_copy_inside_its_own_run_folder_is_refused(tmp_path):
+    with pytest.raises(StorageError, match="inside the run folder"):
+        RunStorage(f"file://{tmp_path}/run/backup", tmp_path / "run")
+
+
 @pytest.mark.parametrize("uri, says", [
     ("s4://bucket/run", "unknown storage protocol 's4'"),
     ("gs://bucket/run", "mmotif\\[gcs\\]"),

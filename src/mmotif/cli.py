@@ -116,10 +116,11 @@ def cmd_run(args) -> int:
     cfg = resolve_training_policy(cfg)  # generate: the coder writes it now; a file: its text travels
     from mmotif.rewards.store import PreferenceStoreError
     from mmotif.rewards.versions import RewardVersionError
+    from mmotif.storage import StorageError
 
     try:
         summary = Driver(cfg, resume=args.resume).run()
-    except (CheckpointError, PreferenceStoreError, RewardVersionError) as err:  # refused before Ray starts
+    except (CheckpointError, PreferenceStoreError, RewardVersionError, StorageError) as err:  # before Ray starts
         print(f"mmotif: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as err:

@@ -17,8 +17,8 @@ What a copy holds and in which order:
 - `checkpoints/LATEST` last, so that a reader of the copy never sees it naming a folder not
   fully uploaded; checkpoints pruned locally are then deleted from the copy.
 
-The driver runs uploads in one worker thread (`prepare` in its own thread, `send` in the
-worker), one at a time: a slow bucket delays the copy, never the training loop; a checkpoint
+The driver runs uploads in one worker thread (`prepare` in the driver's thread, `send` in
+the worker), one at a time: a slow bucket delays the copy, never the training loop; a checkpoint
 that comes while an upload still runs is sent by the next one.
 """
 
@@ -77,6 +77,12 @@ class RunStorage:
             self.fs, self.root = url_to_fs(uri)
         except Exception as err:  # credentials, a bad bucket name: the backend's own words
             raise StorageError(f"paths.storage {uri!r}: cannot open: {type(err).__name__}: {err}") from err
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        if "file" in protocols:
+            inside = Path(self.root).resolve()
+            if inside == self.run_dir.resolve() or self.run_dir.resolve() in inside.parents:
+                raise StorageError(f"paths.storage {uri!r} is inside the run folder {self.run_dir}; "
+                                   f"a copy must live elsewhere (another disk, a bucket)")
         self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) uploaded
         self._sent_latest: bytes | None = None
 
