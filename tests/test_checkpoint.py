@@ -125,7 +125,7 @@ def test_learner_pt_that_would_run_code_is_refused_on_resume(tmp_path, fmt):
 def test_learner_pt_that_would_run_code_is_refused_by_eval(tmp_path, capsys):
     from mmotif.checkpoint import load_network
     from mmotif.cli import add_eval_arguments
-    from mmotif.evaluation.evaluate import cmd_eval
+    from mmotif.runtime.evaluation import cmd_eval
 
     run_dir, ckpt, marker = crafted_run(tmp_path)
     for where in (run_dir, ckpt, ckpt / "learner.pt"):

@@ -114,6 +114,83 @@ def test_rayjob_has_entrypoint_and_cluster_spec():
     assert "head" in head["rayStartParams"]["resources"]
 
 
+# The RayJob's fields as the KubeRay v1 CRD (ray.io_rayjobs.yaml, operator 1.5) declares
+# them: names, types and required fields of the levels this manifest writes. Written for this
+# test from the CRD's openAPIV3Schema; the API server prunes or rejects a field the CRD does
+# not know, so a typo here is a job that silently runs without what it asked for.
+def _obj(props: dict, required=(), extra=False) -> dict:
+    return {"type": "object", "properties": props, "required": list(required),
+            "additionalProperties": extra}
+
+
+_S, _I, _B, _N, _O, _A = ({"type": t} for t in ("string", "integer", "boolean", "number", "object", "array"))
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_CONTAINER = _obj({k: {} for k in (
+    "args", "command", "env", "envFrom", "image", "imagePullPolicy", "lifecycle", "livenessProbe",
+    "name", "ports", "readinessProbe", "resizePolicy", "resources", "restartPolicy",
+    "securityContext", "startupProbe", "stdin", "stdinOnce", "terminationMessagePath",
+    "terminationMessagePolicy", "tty", "volumeDevices", "volumeMounts", "workingDir")} | {"name": _S},
+    required=["name"])
+_POD_SPEC = _obj({k: {} for k in (
+    "activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "dnsConfig", "dnsPolicy",
+    "enableServiceLinks", "hostIPC", "hostNetwork", "hostPID", "hostname", "imagePullSecrets",
+    "initContainers", "nodeName", "nodeSelector", "priorityClassName", "resources", "restartPolicy",
+    "runtimeClassName", "schedulerName", "securityContext", "serviceAccountName",
+    "terminationGracePeriodSeconds", "tolerations", "topologySpreadConstraints", "volumes")}
+    | {"containers": {"type": "array", "items": _CONTAINER, "minItems": 1}}, required=["containers"])
+_POD_TEMPLATE = _obj({"metadata": _obj({"annotations": _STRING_MAP, "labels": _STRING_MAP, "name": _S,
+                                        "namespace": _S, "finalizers": _A}),
+                      "spec": _POD_SPEC})
+_GROUP_COMMON = {"rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE, "resources": _STRING_MAP,
+                 "labels": _STRING_MAP}
+RAYJOB_SPEC_SCHEMA = _obj({
+    "activeDeadlineSeconds": _I, "backoffLimit": _I, "clusterSelector": _STRING_MAP,
+    "deletionStrategy": _O, "entrypoint": _S, "entrypointNumCpus": _N, "entrypointNumGpus": _N,
+    "entrypointResources": _S, "jobId": _S, "managedBy": _S, "metadata": _STRING_MAP,
+    "preRunningDeadlineSeconds": _I, "runtimeEnvYAML": _S, "shutdownAfterJobFinishes": _B,
+    "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+    "submitterConfig": _O, "submitterPodTemplate": _POD_TEMPLATE, "suspend": _B,
+    "ttlSecondsAfterFinished": _I,
+    "rayClusterSpec": _obj({
+        "authOptions": _obj({"enableK8sTokenAuth": _B, "mode": {"enum": ["disabled", "token"]},
+                             "secretName": _S}),
+        "autoscalerOptions": _O, "enableInTreeAutoscaling": _B, "gcsFaultToleranceOptions": _O,
+        "headServiceAnnotations": _STRING_MAP, "managedBy": _S, "rayVersion": _S, "suspend": _B,
+        "headGroupSpec": _obj({**_GROUP_COMMON, "enableIngress": _B, "headService": _O,
+                               "serviceType": _S}, required=["template"]),
+        "workerGroupSpecs": {"type": "array", "items": _obj({
+            **_GROUP_COMMON, "groupName": _S, "idleTimeoutSeconds": _I, "maxReplicas": _I,
+            "minReplicas": _I, "numOfHosts": _I, "replicas": _I, "scaleStrategy": _O, "suspend": _B},
+            required=["groupName", "maxReplicas", "minReplicas", "template"])},
+    }, required=["headGroupSpec"]),
+}, required=["entrypoint"])
+
+
+def _rayjob_spec() -> dict:
+    return next(d for d in _kuberay() if d["kind"] == "RayJob")["spec"]
+
+
+def test_rayjob_follows_the_kuberay_crd():
+    import jsonschema
+
+    jsonschema.validate(_rayjob_spec(), RAYJOB_SPEC_SCHEMA)
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda s: s["rayClusterSpec"]["headGroupSpec"].update(rayStartParms={}),      # typo
+    lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"].update({"num-cpus": 4}),
+    lambda s: s["rayClusterSpec"]["workerGroupSpecs"][1].pop("minReplicas"),
+    lambda s: s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(imag="x"),
+])
+def test_the_crd_check_catches_what_the_api_server_would_refuse(break_it):
+    import jsonschema
+
+    spec = _rayjob_spec()
+    break_it(spec)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(spec, RAYJOB_SPEC_SCHEMA)
+
+
 def _rayjob_pod_templates(spec: dict) -> dict:
     """name -> pod template of every pod the RayJob starts: head, worker groups, job submitter."""
     cluster = spec["rayClusterSpec"]

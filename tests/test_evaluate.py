@@ -14,7 +14,8 @@ from mmotif.models.build import make_network
 from mmotif.tasks import reference_policy_source, task_policy
 from mmotif.checkpoint import load_network
 from mmotif.cli import add_eval_arguments
-from mmotif.evaluation.evaluate import cmd_eval, evaluate, mean_se
+from mmotif.evaluation.evaluate import evaluate, mean_se
+from mmotif.runtime.evaluation import cmd_eval
 
 
 def tiny_net(cfg):

@@ -168,7 +168,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mmotif.evaluation.evaluate import cmd_eval as evaluate
+    from mmotif.runtime.evaluation import cmd_eval as evaluate
     from mmotif.evaluation.watchdog import Watchdog
 
     if args.checkpoint is None and args.random_init:  # the only case where eval builds a config

@@ -22,7 +22,6 @@ unless the caller asks (`mmotif plan --reference`).
 from __future__ import annotations
 
 import ast
-import re
 import sys
 import textwrap
 from pathlib import Path

@@ -2,9 +2,9 @@
 (spec §10.1, §15.2).
 
 `evaluate(cfg, net, task, policy, episodes, seed)` runs episodes in a small batch of skill
-envs in this process; `mmotif eval` spreads the episodes of several seeds over Ray actors
-(`mmotif.runtime.evaluation`), each running `evaluate` on its shard, and merges the shards
-(`merge_results`). Every env carries the task's :class:`~mmotif.tasks.TaskTracker`
+envs in this process; `mmotif eval` (`mmotif.runtime.evaluation.cmd_eval`) spreads the
+episodes of several seeds over Ray actors, each running `evaluate` on its shard, and merges
+the shards (`merge_results`). Every env carries the task's :class:`~mmotif.tasks.TaskTracker`
 as its task hook (attributes wired into the policy, proxy and exact checks every step). The
 network acts with **sampled** actions (as in the reference), on the CPU, without gradients;
 its recurrent state is reset at every episode start.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from mmotif.tasks import TASKS, Task, TaskTracker, get_task, load_task_policy
 __all__ = [
     "EvalResults",
     "PolicySource",
-    "cmd_eval",
     "evaluate",
     "merge_results",
     "shard_plan",
@@ -358,7 +356,7 @@ def render_first_replay(results: EvalResults, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def _task_names(tasks: list[str], policy: Path | None) -> list[str]:
+def task_names(tasks: list[str], policy: Path | None) -> list[str]:
     """The task ids to evaluate; ValueError (one line) for an unknown task or a --policy file
     that cannot be a policy (checked, not run), before any network is built."""
     from mmotif.config import check_policy_file
@@ -415,7 +413,7 @@ def task_policies(names: list[str], args, run_dir: Path | None):
     return out
 
 
-def _load(args):
+def load_eval_target(args):
     """(config, network, checkpoint label, run folder) of the command's arguments."""
     from mmotif.config import load_config
     from mmotif.models.build import make_network
@@ -430,70 +428,13 @@ def _load(args):
     return cfg, make_network(cfg), "random-init", None
 
 
-def cmd_eval(args) -> int:
-    from mmotif.checkpoint import CheckpointError
-
-    try:
-        names = _task_names(args.task, args.policy)
-    except ValueError as err:
-        print(f"mmotif eval: {err}", file=sys.stderr)
-        return 2
-    for flag in ("episodes", "seeds", "actors"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "actors" else 1):
-            print(f"mmotif eval: --{flag} must be {'>= 0' if flag == 'actors' else '>= 1'}, got {value}",
-                  file=sys.stderr)
-            return 2
-    if args.checkpoint is None and not args.random_init:
-        print("mmotif eval: give --checkpoint <run> (or --random-init for a smoke test)", file=sys.stderr)
-        return 2
-    try:
-        cfg, net, ckpt, run_dir = _load(args)
-        policies = task_policies(names, args, run_dir)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"mmotif eval: {err}", file=sys.stderr)
-        return 2
-    out_root = args.out or (run_dir / "eval" if run_dir else Path("runs/eval"))
-    all_results = _run_all(cfg, net, policies, args, out_root)
-    for res in all_results:
-        res.checkpoint = ckpt
-        res.write(out_root / res.task.name)
-        print(res.table_markdown())
-        for kind, path in res.files.items():
-            print(f"  {kind}: {path}")
-    if len(all_results) > 1:
-        out_root.mkdir(parents=True, exist_ok=True)
-        (out_root / "results.md").write_text("\n".join(r.table_markdown() for r in all_results))
-        chart = bar_chart(all_results, out_root / "all_tasks.png") if has_matplotlib() else "no chart (no matplotlib)"
-        print(f"all tasks: {out_root / 'results.md'}, {chart}")
-    return 0
-
-
-def _run_all(cfg, net, policies, args, out_root: Path) -> list[EvalResults]:
-    """Every task's results: in Ray actors (all CPUs of the machine or cluster), or in this
-    process with --actors 0."""
-    if args.actors == 0:
-        episodes, seeds = _protocol(args, cluster=False)
-        return [_evaluate_in_process(cfg, net, task, policy, episodes, seeds, args, out_root / task)
-                for task, policy in policies.items()]
-    from mmotif.runtime.evaluation import connect, evaluate_on_ray
-
-    episodes, seeds = _protocol(args, cluster=connect(args.address))
-    by_task = evaluate_on_ray(cfg, net, policies, episodes, seeds, actors=args.actors, max_steps=args.max_steps,
-                              greedy=args.greedy, record=args.record, num_envs=args.envs, out_dir=out_root)
-    for task, res in by_task.items():
-        if args.record:
-            render_first_replay(res, out_root / task)
-    return list(by_task.values())
-
-
-def _protocol(args, cluster: bool) -> tuple[int, list[int]]:
+def eval_protocol(args, cluster: bool) -> tuple[int, list[int]]:
     """(episodes per task, seeds): the command's, else the cluster or the local defaults."""
     episodes = args.episodes or (CLUSTER_EPISODES if cluster else LOCAL_EPISODES)
     return episodes, [args.seed + k for k in range(args.seeds or (CLUSTER_SEEDS if cluster else LOCAL_SEEDS))]
 
 
-def _evaluate_in_process(cfg, net, task: str, policy: PolicySource, episodes: int, seeds: list[int], args,
+def evaluate_in_process(cfg, net, task: str, policy: PolicySource, episodes: int, seeds: list[int], args,
                          out_dir: Path) -> EvalResults:
     code = None
     if policy.source is not None:

@@ -557,7 +557,8 @@ class Driver:
         at once, else measured in a 0-CPU Ray task beside the training (a few seconds) and
         recorded when it arrives (`_poll_random_baseline`); the run never waits for it
         except, briefly, before the report."""
-        from mmotif.skills.baseline import load_cached, remote_random_baseline
+        from mmotif.runtime.shells import remote_random_baseline
+        from mmotif.skills.baseline import load_cached
 
         self._competence, self._competence_recent = CompetenceTally(), WindowTally(COMPETENCE_WINDOW_STEPS)
         self._baseline_ref = None

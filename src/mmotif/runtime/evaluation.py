@@ -14,6 +14,7 @@ most one per shard) and merges the shards per task.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ from pathlib import Path
 import ray
 
 from mmotif.config import RunConfig, build_config
-from mmotif.evaluation.evaluate import EvalResults, PolicySource, evaluate, merge_results, shard_plan
+from mmotif.evaluation.evaluate import (
+    EvalResults, PolicySource, bar_chart, eval_protocol, evaluate, evaluate_in_process, has_matplotlib,
+    load_eval_target, merge_results, render_first_replay, shard_plan, task_names, task_policies,
+)
 from mmotif.tasks import get_task
 
 
@@ -110,3 +114,63 @@ def _write_replays(res: EvalResults, folder: Path) -> None:
             path = folder / f"{res.task.name}_seed{e['seed']}_episode{e['episode']:03d}.npz"
             path.write_bytes(data)
             e["replay"] = str(path)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def cmd_eval(args) -> int:
+    """`mmotif eval`: every task's episodes over several seeds, in parallel actors (or in this
+    process with --actors 0); prints each table and writes results, charts and replays."""
+    from mmotif.checkpoint import CheckpointError
+
+    try:
+        names = task_names(args.task, args.policy)
+    except ValueError as err:
+        print(f"mmotif eval: {err}", file=sys.stderr)
+        return 2
+    for flag in ("episodes", "seeds", "actors"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "actors" else 1):
+            print(f"mmotif eval: --{flag} must be {'>= 0' if flag == 'actors' else '>= 1'}, got {value}",
+                  file=sys.stderr)
+            return 2
+    if args.checkpoint is None and not args.random_init:
+        print("mmotif eval: give --checkpoint <run> (or --random-init for a smoke test)", file=sys.stderr)
+        return 2
+    try:
+        cfg, net, ckpt, run_dir = load_eval_target(args)
+        policies = task_policies(names, args, run_dir)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"mmotif eval: {err}", file=sys.stderr)
+        return 2
+    out_root = args.out or (run_dir / "eval" if run_dir else Path("runs/eval"))
+    all_results = _run_all(cfg, net, policies, args, out_root)
+    for res in all_results:
+        res.checkpoint = ckpt
+        res.write(out_root / res.task.name)
+        print(res.table_markdown())
+        for kind, path in res.files.items():
+            print(f"  {kind}: {path}")
+    if len(all_results) > 1:
+        out_root.mkdir(parents=True, exist_ok=True)
+        (out_root / "results.md").write_text("\n".join(r.table_markdown() for r in all_results))
+        chart = bar_chart(all_results, out_root / "all_tasks.png") if has_matplotlib() else "no chart (no matplotlib)"
+        print(f"all tasks: {out_root / 'results.md'}, {chart}")
+    return 0
+
+
+def _run_all(cfg, net, policies, args, out_root: Path) -> list[EvalResults]:
+    """Every task's results: in Ray actors (all CPUs of the machine or cluster), or in this
+    process with --actors 0."""
+    if args.actors == 0:
+        episodes, seeds = eval_protocol(args, cluster=False)
+        return [evaluate_in_process(cfg, net, task, policy, episodes, seeds, args, out_root / task)
+                for task, policy in policies.items()]
+    episodes, seeds = eval_protocol(args, cluster=connect(args.address))
+    by_task = evaluate_on_ray(cfg, net, policies, episodes, seeds, actors=args.actors, max_steps=args.max_steps,
+                              greedy=args.greedy, record=args.record, num_envs=args.envs, out_dir=out_root)
+    for task, res in by_task.items():
+        if args.record:
+            render_first_replay(res, out_root / task)
+    return list(by_task.values())

@@ -87,8 +87,8 @@ def _check_store_holds_labels(path: Path, store_path: Path) -> None:
     saved = _driver_state(path).get("store_cursor", 0)
     if not isinstance(saved, int) or saved <= 0:
         return
-    advice = (f"restore that file (with its -wal file) to resume, or start a new run in another "
-              f"run folder (paths.run_dir)")
+    advice = ("restore that file (with its -wal file) to resume, or start a new run in another "
+              "run folder (paths.run_dir)")
     if not store_path.is_file():
         raise CheckpointError(f"--resume: {store_path} is missing, but checkpoint {path.name} was written "
                               f"after {saved} labels were stored in it; {advice}")

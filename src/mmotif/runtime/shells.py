@@ -4,6 +4,7 @@ RolloutActor   -> mmotif.actors.rollout.RolloutWorker
 LearnerActor   -> mmotif.learners.learner.Learner
 AnnotatorActor -> an LLM backend + mmotif.annotators.annotate.annotate_pairs
 RewardTrainerActor -> mmotif.rewards.trainer.RewardTrainer
+remote_random_baseline -> mmotif.skills.baseline.compute_random_baseline (a Ray task)
 
 Configs cross the boundary as plain dicts (`RunConfig.model_dump()`), rebuilt and
 re-validated on the other side.
@@ -151,3 +152,20 @@ class RewardTrainerActor:
             return self.trainer.rows_received, None, None
         models, extra = trained
         return self.trainer.rows_received, models.to_update(), extra
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _random_baseline_task(config: dict, steps: int, num_envs: int, seed: int) -> dict:
+    from mmotif.skills.baseline import compute_random_baseline
+
+    return compute_random_baseline(_config(config), steps, num_envs, seed)
+
+
+def remote_random_baseline(cfg: RunConfig, steps: int | None = None, num_envs: int | None = None,
+                           seed: int = 0):
+    """`compute_random_baseline` in a 0-CPU Ray task; returns its ref (the caller caches the
+    result on its own machine with `skills.baseline.save_cached`)."""
+    from mmotif.skills.baseline import BASELINE_ENVS, BASELINE_STEPS
+
+    return _random_baseline_task.remote(cfg.model_dump(mode="json"), steps or BASELINE_STEPS,
+                                        num_envs or BASELINE_ENVS, seed)

@@ -3,8 +3,8 @@ actions under the run's own policy over skills and env settings.
 
     random_baseline(cfg)          cached per config: <cache>/baselines/<key>.json
     compute_random_baseline(cfg)  the measurement itself (20,000 env steps: a few seconds)
-    remote_random_baseline(cfg)   the measurement in a Ray task (0 CPUs: it runs beside the
-                                  actors for those seconds and never waits for a slot)
+
+(The Ray task that runs the measurement beside the actors is `runtime.shells.remote_random_baseline`.)
 
 <cache> is `paths.model_cache`, else $MMOTIF_CACHE, else ~/.cache/mmotif. The key hashes
 the env section (caption sampling left out: it does not touch the game), the skills
@@ -139,19 +139,3 @@ def random_baseline(cfg: RunConfig, steps: int = BASELINE_STEPS, num_envs: int =
     result = compute_random_baseline(cfg, steps, num_envs, seed)
     save_cached(cfg, result)
     return {**result, "cached": False}
-
-
-def _compute_from_data(cfg_data: dict, steps: int, num_envs: int, seed: int) -> dict:
-    from mmotif.config import build_config
-
-    return compute_random_baseline(build_config(cfg_data, "config sent by the driver"), steps, num_envs, seed)
-
-
-def remote_random_baseline(cfg: RunConfig, steps: int = BASELINE_STEPS, num_envs: int = BASELINE_ENVS,
-                           seed: int = 0):
-    """`compute_random_baseline` in a Ray task; returns its ref (the caller caches the result
-    on its own machine with `save_cached`)."""
-    import ray
-
-    task = ray.remote(num_cpus=0, max_retries=0)(_compute_from_data)
-    return task.remote(cfg.model_dump(mode="json"), steps, num_envs, seed)
