@@ -89,6 +89,24 @@ def test_scores_match_each_skills_model_and_dedup_is_exact():
         rset.score(m[:2], d[:2], torch.tensor([0, 3]))
 
 
+def test_rows_scored_before_come_from_the_version_memo(monkeypatch):
+    rset = RewardModelSet([entry(s, i) for i, s in enumerate(SKILLS)])
+    scored = []
+    real = rset._score_rows
+    monkeypatch.setattr(rset, "_score_rows", lambda m, d, s: scored.append(len(s)) or real(m, d, s))
+    m, d, s = batch(200, seed=1)
+    first = rset.score(m, d, s)
+    distinct = torch.unique(torch.cat([m.long(), d.long() + 1, s[:, None]], 1), dim=0).shape[0]
+    assert scored == [distinct]
+    again = rset.score(m.flip(0), d.flip(0), s.flip(0))  # same rows, another order: no model runs
+    assert scored == [distinct] and torch.equal(again, first.flip(0))
+    m2, d2, s2 = batch(50, seed=2)
+    mixed = rset.score(torch.cat([m, m2]), torch.cat([d, d2]), torch.cat([s, s2]))
+    fresh = RewardModelSet(rset.entries).score(torch.cat([m, m2]), torch.cat([d, d2]), torch.cat([s, s2]))
+    torch.testing.assert_close(mixed, fresh, rtol=1e-5, atol=1e-6)  # memo or not: the same scores
+    assert len(scored) == 1 or scored[1] < 50  # only the new batch's unseen rows were scored
+
+
 def test_constant_set_is_all_zero_rewards():
     rset = RewardModelSet.constant(SKILLS)
     m, d, s = batch()

@@ -70,6 +70,9 @@ def version_dirname(version: int) -> str:
     return f"v{int(version):06d}"
 
 
+SCORE_MEMO_ROWS = 65_536  # distinct rows a version remembers (~25 MB of keys); cleared when full
+
+
 class RewardModelSet:
     """Per-skill reward models + stats of one version, ready to score batches on a device."""
 
@@ -96,6 +99,7 @@ class RewardModelSet:
             except RuntimeError as err:
                 raise RewardVersionError(f"skill {e.name!r}: weights do not fit RewardModel: {err}") from None
             self._models.append(m.eval().requires_grad_(False).to(self.device))
+        self._memo: dict[bytes, float] = {}  # distinct row -> raw score (see _score_distinct)
         self.mean = torch.tensor([e.stats.mean for e in self.entries], dtype=torch.float32, device=self.device)
         self.std = torch.tensor([e.stats.std for e in self.entries], dtype=torch.float32, device=self.device)
         self.threshold = torch.tensor([e.stats.threshold for e in self.entries], dtype=torch.float32,
@@ -127,8 +131,9 @@ class RewardModelSet:
 
         message: uint8 (..., 256); diffstats: float (..., 5); skill_ids: integer (...).
         Each skill's model sees only its rows. With `dedup` identical (message, diffstats,
-        skill) rows are scored once: NetHack messages repeat a lot (most steps have an empty
-        message), so this usually cuts the work several-fold.
+        skill) rows are scored once, and rows already scored by this version are not scored
+        again: NetHack messages repeat a lot (most steps have an empty message), so this
+        usually cuts the work several-fold.
         """
         lead = skill_ids.shape
         msg = message.reshape(-1, message.shape[-1]).to(self.device)
@@ -138,25 +143,39 @@ class RewardModelSet:
         if msg.shape != (n, MESSAGE_LEN) or diff.shape != (n, DIFFSTATS_LEN):
             raise ValueError(f"score: message {tuple(message.shape)}, diffstats {tuple(diffstats.shape)} "
                              f"and skill_ids {tuple(lead)} do not describe the same batch")
-        out = torch.zeros(n, dtype=torch.float32, device=self.device)
         if n == 0 or all(m is None for m in self._models):
-            return out.reshape(lead)
+            return torch.zeros(n, dtype=torch.float32, device=self.device).reshape(lead)
         if msg.dtype != torch.uint8:
             msg = msg.to(torch.uint8)
 
-        inverse = None
-        if dedup:
-            key = torch.cat([msg.contiguous().view(torch.int64),
-                             diff.contiguous().view(torch.int32).to(torch.int64),
-                             sid.unsqueeze(1)], dim=1)
-            uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-            first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=self.device)
-            first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
-            msg, diff, sid = msg[first], diff[first], sid[first]
-            out_u = torch.zeros(first.shape[0], dtype=torch.float32, device=self.device)
-        else:
-            out_u = out
+        if not dedup:
+            return self._score_rows(msg, diff, sid).reshape(lead)
+        key = torch.cat([msg.contiguous().view(torch.int64),
+                         diff.contiguous().view(torch.int32).to(torch.int64),
+                         sid.unsqueeze(1)], dim=1)
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        first = torch.full((uniq.shape[0],), n, dtype=torch.long, device=self.device)
+        first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
+        return self._score_distinct(uniq, msg[first], diff[first], sid[first])[inverse].reshape(lead)
 
+    def _score_distinct(self, keys: torch.Tensor, msg: torch.Tensor, diff: torch.Tensor,
+                        sid: torch.Tensor) -> torch.Tensor:
+        """Scores of distinct rows (`keys`: one row of int64 words each). A version's models
+        never change, so a row scored in an earlier batch comes from the memo: the learner
+        sees the same few hundred (message, level change, skill) rows batch after batch."""
+        names = [row.tobytes() for row in keys.cpu().numpy()]
+        missing = [i for i, name in enumerate(names) if name not in self._memo]
+        if missing:
+            rows = torch.tensor(missing, dtype=torch.long, device=self.device)
+            fresh = self._score_rows(msg[rows], diff[rows], sid[rows]).tolist()
+            if len(self._memo) + len(missing) > SCORE_MEMO_ROWS:
+                self._memo.clear()
+            self._memo.update((names[i], v) for i, v in zip(missing, fresh))
+        return torch.tensor([self._memo[name] for name in names], dtype=torch.float32, device=self.device)
+
+    def _score_rows(self, msg: torch.Tensor, diff: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
+        """Each row scored by its skill's model (0 for a constant skill)."""
+        out = torch.zeros(sid.shape[0], dtype=torch.float32, device=self.device)
         counts = torch.bincount(sid, minlength=self.num_skills)
         if counts.shape[0] > self.num_skills or bool((sid < 0).any()):
             raise ValueError(f"score: skill ids must be in [0, {self.num_skills}), got "
@@ -166,11 +185,9 @@ class RewardModelSet:
         for k, c in enumerate(counts.tolist()):  # one sync for all skills
             if c and self._models[k] is not None:
                 rows = order[start:start + c]
-                out_u[rows] = self._models[k](msg[rows], diff[rows]).float()
+                out[rows] = self._models[k](msg[rows], diff[rows]).float()
             start += c
-        if inverse is not None:
-            out = out_u[inverse]
-        return out.reshape(lead)
+        return out
 
     def intrinsic_reward(self, message: torch.Tensor, diffstats: torch.Tensor, skill_ids: torch.Tensor,
                          msg_count: torch.Tensor, *, beta: float = DEFAULT_BETA, coef: float = DEFAULT_COEF,
