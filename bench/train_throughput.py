@@ -24,7 +24,8 @@ Prints JSON with three things:
                   encoding caches, which a fixed observation would hit every time)
         c_learn = CPU s per sample of `Learner.train` on T x B batches of the run's shapes
                   (T = learner.rollout, batch = learner.batch_size samples; includes the
-                  intrinsic reward, V-trace, forward, backward, Adam step)
+                  intrinsic reward from a reward model per skill, V-trace, forward, backward,
+                  Adam step; `cpu_constant_rewards`: the same before any reward version)
 
         bound = cores / (c_env + c_act + c_learn)          [env steps/s]
 
@@ -365,14 +366,22 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
     out["rollout_steps_per_s"] = {"cpu": round(1 / c_rollout, 1), "wall": round(n * T * envs / wall, 1)}
     worker.close()
 
-    # learning: Learner.train on the run's batch shapes (the rollouts just collected)
-    learner = Learner(cfg)
+    # learning: Learner.train on the run's batch shapes (the rollouts just collected), with a
+    # reward model for every skill as a run has from its first reward version on (a learner
+    # without them scores nothing: that cost is reported beside, not in the bound)
     use = batches[-rollouts_per_batch:]
     samples = sum(b.env_steps for b in use)
-    n, cpu, wall = _timed(lambda: learner.train(use), seconds_each, min_calls=3)
-    c_learn = cpu / (n * samples)
-    out["learn_samples_per_s"] = {"cpu": round(1 / c_learn, 1), "wall": round(n * samples / wall, 1),
-                                  "batch_shape_T_B": [T, samples // T]}
+    costs = {}
+    for rewards in ("models", "constant"):
+        learner = Learner(cfg)
+        if rewards == "models":
+            learner.set_reward_models(_untrained_reward_models(cfg))
+        n, cpu, wall = _timed(lambda: learner.train(use), seconds_each, min_calls=3)
+        costs[rewards] = (cpu / (n * samples), n * samples / wall)
+    c_learn = costs["models"][0]
+    out["learn_samples_per_s"] = {"cpu": round(1 / c_learn, 1), "wall": round(costs["models"][1], 1),
+                                  "batch_shape_T_B": [T, samples // T],
+                                  "cpu_constant_rewards": round(1 / costs["constant"][0], 1)}
 
     total = c_env + c_act + c_learn
     out["cpu_us_per_sample"] = {"env": round(c_env * 1e6, 1), "act": round(c_act * 1e6, 1),
@@ -383,6 +392,20 @@ def bound(network: str = "local", envs: int = 16, seconds_each: float = 5.0, cor
     out["bound_with_measured_rollout_env_steps_per_s"] = round(cores / (c_rollout + c_learn), 1)
     out["formula"] = "bound = cores / (c_env + c_act + c_learn), c_* in CPU s per env step"
     return out
+
+
+def _untrained_reward_models(cfg):
+    """A reward-model set with a freshly initialised model per skill: its scores are noise,
+    but scoring costs what a trained version's does."""
+    import torch
+
+    from mmotif.rewards.model import RewardModel
+    from mmotif.rewards.stats import RewardStats
+    from mmotif.rewards.versions import RewardModelSet, SkillReward
+
+    torch.manual_seed(0)
+    return RewardModelSet([SkillReward(name=s.name, state_dict=RewardModel().state_dict(),
+                                       stats=RewardStats.constant()) for s in cfg.skills], version=1)
 
 
 def main() -> None:
