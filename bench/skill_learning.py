@@ -23,7 +23,9 @@ activity is reported as such, not dropped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +51,8 @@ def train(annotator: str, seed: int, seconds: float, work: Path, overrides: dict
         "evaluation": {"tasks": []},  # measured here instead
         "paths": {"run_dir": str(work / f"{annotator}-seed{seed}")},
     })
-    summary = Driver(cfg).run()
+    with contextlib.redirect_stdout(sys.stderr):  # the run's own lines; stdout is the JSON
+        summary = Driver(cfg).run()
     return cfg, summary
 
 
