@@ -107,6 +107,19 @@ def test_rows_scored_before_come_from_the_version_memo(monkeypatch):
     assert len(scored) == 1 or scored[1] < 50  # only the new batch's unseen rows were scored
 
 
+def test_a_full_memo_is_cleared_without_losing_the_batch(monkeypatch):
+    import mmotif.rewards.versions as versions
+
+    monkeypatch.setattr(versions, "SCORE_MEMO_ROWS", 8)
+    rset = RewardModelSet([entry(s, i) for i, s in enumerate(SKILLS)])
+    m, d, s = batch(200, seed=1)
+    first = rset.score(m[:100], d[:100], s[:100])  # more distinct rows than the memo holds
+    both = rset.score(m, d, s)  # rows seen before and new ones: the memo fills and is cleared
+    torch.testing.assert_close(both[:100], first, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both, RewardModelSet(rset.entries).score(m, d, s), rtol=1e-5, atol=1e-6)
+    assert len(rset._memo) <= 8 + 54  # cleared, then this batch's new rows
+
+
 def test_constant_set_is_all_zero_rewards():
     rset = RewardModelSet.constant(SKILLS)
     m, d, s = batch()

@@ -164,14 +164,16 @@ class RewardModelSet:
         never change, so a row scored in an earlier batch comes from the memo: the learner
         sees the same few hundred (message, level change, skill) rows batch after batch."""
         names = [row.tobytes() for row in keys.cpu().numpy()]
-        missing = [i for i, name in enumerate(names) if name not in self._memo]
+        scores = [self._memo.get(name) for name in names]
+        missing = [i for i, score in enumerate(scores) if score is None]
         if missing:
             rows = torch.tensor(missing, dtype=torch.long, device=self.device)
-            fresh = self._score_rows(msg[rows], diff[rows], sid[rows]).tolist()
+            for i, score in zip(missing, self._score_rows(msg[rows], diff[rows], sid[rows]).tolist()):
+                scores[i] = score
             if len(self._memo) + len(missing) > SCORE_MEMO_ROWS:
                 self._memo.clear()
-            self._memo.update((names[i], v) for i, v in zip(missing, fresh))
-        return torch.tensor([self._memo[name] for name in names], dtype=torch.float32, device=self.device)
+            self._memo.update((names[i], scores[i]) for i in missing)
+        return torch.tensor(scores, dtype=torch.float32, device=self.device)
 
     def _score_rows(self, msg: torch.Tensor, diff: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
         """Each row scored by its skill's model (0 for a constant skill)."""
