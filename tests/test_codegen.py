@@ -262,14 +262,15 @@ def test_refinement_loop_with_the_embedded_llm(tmp_path):
     the loop must end accepted or with a clear failure after one rewrite, every round stored.
     (The loop's control flow over more rounds is tested above with a scripted coder; one
     rewrite is enough to run the real rewrite prompt.) About 10-15 s of prompt processing plus
-    ~0.1 s per generated token per call on a busy 2-core machine."""
+    ~0.1 s per generated token per call on a busy 2-core machine, hence short answers: what
+    is under test is the loop around a real model, not the model's code."""
     from mmotif.llm.embedded import EmbeddedBackend
 
     try:
         llm = EmbeddedBackend("smollm2-135m", num_threads=1, dtype="float32")
     except Exception as err:                                # no cached model and no network
         pytest.skip(f"embedded model unavailable: {err}")
-    result = plan("Get the player into the Gnomish Mines.", llm, task=GNOMISH, max_tokens=300,
+    result = plan("Get the player into the Gnomish Mines.", llm, task=GNOMISH, max_tokens=120,
                   temperature=0.2, record_dir=tmp_path, name="gnomish", log=print, max_rewrites=1)
     record = json.loads(Path(result.record_path).read_text())
     assert 1 <= len(record["iterations"]) <= 2
