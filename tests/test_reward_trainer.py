@@ -10,10 +10,10 @@ import torch
 from mmotif.annotators.annotate import annotate_pairs
 from mmotif.annotators.offline import make_backend_from_config
 from mmotif.config import load_config
-from mmotif.contract import LABEL_FIRST, LABEL_UNKNOWN, Caption, CaptionPair, Preference
+from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_UNKNOWN, Caption, CaptionPair, Preference
 from mmotif.rewards.provenance import run_provenance
 from mmotif.rewards.trainer import RewardTrainer, publish_trained
-from mmotif.rewards.training import fit_skill_reward
+from mmotif.rewards.training import fit_skill_reward, is_validation, validation_accuracy
 from mmotif.rewards.versions import RewardModelSet, SkillReward, list_versions
 
 LOCAL = run_provenance(load_config(preset_name="local"))  # what the local preset's annotator records
@@ -156,3 +156,49 @@ def encode_probe(message):
 
     msg, diff = encode_reward_input(message, 0)
     return torch.from_numpy(msg[None]), torch.from_numpy(diff[None])
+
+
+def kill_preferences(n, offset=0):
+    """Same-level labels: a kill over an empty step, every tenth label the other way (noise),
+    so a model can reach ~0.9 held-out accuracy and no more."""
+    fields = {"backend": "embedded", "model": LOCAL.model, "prompt_version": LOCAL.prompt_version,
+              "preference_digest": LOCAL.preference_digests["descender"]}
+    kill = Caption("a kill", "You kill the newt!", 0)
+    return [Preference(CaptionPair("descender", kill, Caption(f"quiet {offset + i}", "", 0)),
+                       LABEL_SECOND if i % 10 == 0 else LABEL_FIRST, created_at=0.0, **fields)
+            for i in range(n)]
+
+
+def test_a_model_perfect_on_its_few_early_labels_is_replaced_when_more_labels_teach_more():
+    """The regression guard compares both models on the same held-out labels: an early model
+    at 1.0 on a handful of easy pairs used to lock its skill for the rest of the run (measured:
+    three of five skills frozen at 114-306 labels while thousands arrived), because a better
+    model at ~0.9 on the harder later labels read as a regression."""
+    cfg = fast_config()
+    trainer = RewardTrainer(cfg)
+    trainer.add(descent_preferences(40))
+    first, _ = trainer.maybe_retrain()
+    early = first.entries[first.skills.index("descender")]
+    assert early.val_accuracy == 1.0
+    trainer.add(kill_preferences(400))
+    models, _ = trainer.maybe_retrain()
+    later = models.entries[models.skills.index("descender")]
+    assert later is not early and later.n_labels == 440
+    assert later.val_accuracy < early.val_accuracy - cfg.reward.accuracy_tolerance  # the old guard's refusal
+    labels = list(trainer._labels["descender"].values())
+    assert validation_accuracy(early.state_dict, labels, cfg.reward) < later.val_accuracy
+
+
+def test_a_retrain_that_ranks_the_same_held_out_labels_worse_is_not_published():
+    cfg = fast_config()
+    trainer = RewardTrainer(cfg)
+    trainer.add(descent_preferences(200))
+    first, _ = trainer.maybe_retrain()
+    good = first.entries[first.skills.index("descender")]
+    # more labels whose training part says the opposite: the retrain learns to rank the
+    # held-out part (left as it was) worse than the model it would replace
+    later = [p if is_validation(p, cfg.reward.validation_fraction) else dataclasses.replace(p, label=LABEL_SECOND)
+             for p in descent_preferences(600, offset=200)]
+    trainer.add(later)
+    assert trainer.maybe_retrain() is None
+    assert trainer.current.entries[first.skills.index("descender")] is good

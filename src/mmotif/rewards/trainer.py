@@ -28,7 +28,7 @@ from mmotif.contract import LABEL_UNKNOWN, Caption, Preference, RewardModelVersi
 from mmotif.rewards.probes import probe_margins
 from mmotif.rewards.provenance import exclusion_line, label_filter
 from mmotif.rewards.store import preference_key
-from mmotif.rewards.training import fit_skill_reward
+from mmotif.rewards.training import fit_skill_reward, validation_accuracy
 from mmotif.rewards.versions import RewardModelSet, SkillReward, publish
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,17 @@ class RewardTrainer:
             skill, prefs, self.cfg.reward, seed=self.cfg.seed + self.retrains,
             threshold_quantile=self.quantiles[skill], init_state_dict=init, neutral=self.neutral[skill],
         )
-        if (previous.val_accuracy is not None and entry.val_accuracy is not None
-                and entry.val_accuracy < previous.val_accuracy - self.cfg.reward.accuracy_tolerance):
-            return previous  # do not publish a regression
+        if self._regresses(entry, previous, prefs):
+            return previous
         return entry
+
+    def _regresses(self, entry: SkillReward, previous: SkillReward, prefs: Sequence[Preference]) -> bool:
+        """Whether the retrained `entry` ranks the held-out labels worse than `previous` does,
+        both measured on the same validation pairs (the current labels' split)."""
+        if entry.val_accuracy is None or previous.is_constant:
+            return False
+        before = validation_accuracy(previous.state_dict, prefs, self.cfg.reward)
+        return before is not None and entry.val_accuracy < before - self.cfg.reward.accuracy_tolerance
 
 
 def publish_trained(root: str | Path, models: RewardModelSet, extra: dict,

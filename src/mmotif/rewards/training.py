@@ -152,6 +152,30 @@ def _score_unique(model: RewardModel, msg: torch.Tensor, diff: torch.Tensor, bat
     return torch.cat(out).float().cpu()
 
 
+def _usable(prefs: Iterable[Preference], cfg: RewardConfig) -> list[Preference]:
+    return [p for p in prefs if cfg.include_unknown or p.label != LABEL_UNKNOWN]
+
+
+@torch.no_grad()
+def validation_accuracy(state_dict: Mapping[str, torch.Tensor], preferences: Iterable[Preference],
+                        config: RewardConfig | Mapping[str, Any] | None = None) -> float | None:
+    """Accuracy of the model `state_dict` on the decided validation pairs of `preferences`,
+    the split `train_reward_model` holds out of the same labels; None if there are none.
+
+    What a retrained model's `val_accuracy` is compared with: two models measured on the
+    validation pairs of different label sets (an early lucky 1.0 on 8 pairs against 0.93 on
+    300) say nothing about which ranks better."""
+    cfg = reward_config(config)
+    val = [p for p in _usable(preferences, cfg) if is_validation(p, cfg.validation_fraction)]
+    if not val:
+        return None
+    unique, pairs, targets = _index_pairs(val)
+    msg, diff = encode_captions(unique)
+    model = RewardModel()
+    model.load_state_dict(state_dict)
+    return _metrics(_score_unique(model, msg, diff, cfg.eval_batch_size), pairs, targets)[0]
+
+
 def train_reward_model(preferences: Iterable[Preference],
                        config: RewardConfig | Mapping[str, Any] | None = None,
                        seed: int = 0, *, init_state_dict: Mapping[str, torch.Tensor] | None = None,
@@ -163,7 +187,7 @@ def train_reward_model(preferences: Iterable[Preference],
     given seed, data and device.
     """
     cfg = reward_config(config)
-    prefs = [p for p in preferences if cfg.include_unknown or p.label != LABEL_UNKNOWN]
+    prefs = _usable(preferences, cfg)
     if not prefs:
         raise ValueError("train_reward_model: no preferences to train on")
     skills = {p.pair.skill for p in prefs}
@@ -266,5 +290,5 @@ def fit_skill_reward(skill: str, preferences: Iterable[Preference],
 __all__ = [
     "RewardTrainReport", "bradley_terry_loss",
     "fit_skill_reward", "is_validation", "paper_config", "reward_config",
-    "train_reward_model",
+    "train_reward_model", "validation_accuracy",
 ]
