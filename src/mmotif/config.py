@@ -207,7 +207,7 @@ class RewardConfig(_Section):
     min_labels_per_skill: int = Field(
         20, ge=1, description="below this many labels a skill keeps its previous (or constant) model")
     accuracy_tolerance: float = Field(
-        0.02, ge=0.0, description="a retrained skill may lose this much held-out accuracy and still be published")
+        0.02, ge=0.0, description="a retrained skill may rank the held-out labels this much worse than the model it replaces (both measured on the same labels) and still be published")
     retrain_every_labels: int = Field(1000, gt=0, description="retrain when this many new labels arrived")
     beta: float = Field(3.0, ge=0.0, description="message-count exponent (§4.6)")
     coef: float = Field(0.1, ge=0.0, description="intrinsic reward coefficient")
