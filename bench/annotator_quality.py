@@ -35,8 +35,9 @@ default set (5 + 6 + 5 captions x 5 skills = 80 scores) takes ~2 min per prompt 
 and ~8 min with the 1.5B. bfloat16, the backend's default, is ~7x slower on this CPU
 (AVX2, no bf16 instructions).
 
-`--prompts fewshot` adds a variant of the pointwise prompt with three solved examples per
-skill as earlier chat turns (Yes, No, No; their captions are kept out of the labelled set).
+`--prompts fewshot` asks each skill's shipped solved examples first (`SkillSpec.examples`,
+what a run asks with `annotator.few_shot: true`, the default; their captions are kept out of
+the labelled set); `default` asks the bare question (`annotator.few_shot: false`).
 `--pairwise` also labels `--pairwise-pairs` pairs per skill with the chain-of-thought prompt
 (slow on a CPU).
 
@@ -64,7 +65,6 @@ import numpy as np  # noqa: E402
 
 from mmotif.annotators.annotate import AnnotationStats, TieRule, annotate_pairs, score_captions  # noqa: E402
 from mmotif.annotators.examples import Moment  # noqa: E402
-from mmotif.annotators.prompts import pointwise_messages  # noqa: E402
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN, Caption, CaptionPair  # noqa: E402
 from mmotif.nethack.events import caption_events  # noqa: E402
 from mmotif.skills.specs import PAPER_SKILLS  # noqa: E402
@@ -239,44 +239,10 @@ def rollout_captions(envs: int, steps: int, seed: int, caption_gap: int, caption
 # -- few-shot prompt -------------------------------------------------------------------------
 
 # Per skill: three solved examples (Yes, No, No), shown as earlier turns of the chat.
-FEWSHOT: dict[str, list[tuple[Moment, str]]] = {
-    "discoverer": [(Moment("You kill the giant rat!", depth=(2, 2)), "Yes"),
-                   (Moment("", previous_message="You hear water falling on coins.", depth=(2, 2)), "No"),
-                   (Moment("You climb up the stairs.", depth=(3, 2)), "No")],
-    "descender": [(Moment("You descend the stairs.", previous_message="There is a staircase down here.",
-                          depth=(7, 8)), "Yes"),
-                  (Moment("You kill the giant rat!", depth=(7, 7)), "No"),
-                  (Moment("You climb up the stairs.", depth=(8, 7)), "No")],
-    "ascender": [(Moment("You climb up the stairs.", previous_message="There is a staircase up here.",
-                         depth=(8, 7)), "Yes"),
-                 (Moment("You kill the giant rat!", depth=(7, 7)), "No"),
-                 (Moment("You descend the stairs.", depth=(7, 8)), "No")],
-    "worshipper": [(Moment("There is a black flash as the wand hits the altar.", depth=(4, 4)), "Yes"),
-                   (Moment("You hear water falling on coins.", depth=(4, 4)), "No"),
-                   (Moment("You feel that Mitra is displeased.", depth=(4, 4), hp=(9, 9)), "No")],
-    "merchant": [(Moment("Wonotobo offers 20 gold pieces for your wand.  Sell it? [ynaq] (y)", depth=(4, 4)), "Yes"),
-                 (Moment("You hear water falling on coins.", depth=(4, 4)), "No"),
-                 (Moment("You die...", previous_message="The giant rat bites!", hp=(2, 0), depth=(4, 4)), "No")],
-}
-
-
-def fewshot_messages(modifier: str, caption: str, examples: list[tuple[Moment, str]]) -> list[dict]:
-    """The pointwise question preceded by solved examples (same wording, earlier turns)."""
-    messages = pointwise_messages(modifier, examples[0][0].caption().text)[:1]  # the system turn
-    for moment, answer in examples:
-        messages.append(pointwise_messages(modifier, moment.caption().text)[1])
-        messages.append({"role": "assistant", "content": answer})
-    messages.append(pointwise_messages(modifier, caption)[1])
-    return messages
-
-
-def fewshot_scores(backend, items: list[tuple[str, str]], skills: dict[str, str], chunk_size: int = 64) -> list[float]:
-    scores: list[float] = []
-    for start in range(0, len(items), chunk_size):
-        chunk = items[start:start + chunk_size]
-        scores += backend.yes_no_scores(
-            [fewshot_messages(skills[skill], text, FEWSHOT[skill]) for skill, text in chunk])
-    return [float(s) for s in scores]
+def shipped_examples() -> dict[str, list[tuple[str, str]]]:
+    """Each skill's solved (caption, answer) questions as a run asks them first
+    (`SkillSpec.examples`, `annotator.few_shot: true`, the default)."""
+    return {s.name: [(e.caption, e.answer) for e in s.examples] for s in PAPER_SKILLS}
 
 
 # -- the labelled set ------------------------------------------------------------------------
@@ -407,10 +373,9 @@ def pointwise_run(backend, labelled, skills, prompt: str, chunk_size: int) -> di
     items = [(skill, i["text"]) for skill, rows in labelled.items() for i in rows]
     t0 = time.perf_counter()
     with PrefixCounter(backend) as prefixes:
-        if prompt == "default":
-            scores = score_captions(backend, items, skills, score_cache={}, chunk_size=chunk_size)
-        else:
-            scores = fewshot_scores(backend, items, skills, chunk_size=chunk_size)
+        examples = shipped_examples() if prompt == "fewshot" else None
+        scores = score_captions(backend, items, skills, score_cache={}, chunk_size=chunk_size,
+                                examples=examples)
     wall = time.perf_counter() - t0
     per_skill, k = {}, 0
     for skill, rows in labelled.items():
@@ -545,7 +510,7 @@ def main() -> None:
     t0 = time.perf_counter()
     real = rollout_captions(args.envs, args.steps, args.seed, args.caption_gap, args.caption_rate)
     rollout_s = time.perf_counter() - t0
-    exclude = {m.caption().text for examples in FEWSHOT.values() for m, _ in examples}
+    exclude = {text for examples in shipped_examples().values() for text, _ in examples}
     labelled = build_set(real, rare_moments(args.seed), {POSITIVE: pos, NEUTRAL: neu, NEGATIVE: neg},
                          args.seed, exclude)
     result = {

@@ -49,6 +49,12 @@ def _example(answer: str, message: str, previous: str = "", depth: tuple[int, in
 # god's wrath, came later and is not in that number.
 _NOTHING = "You hear water falling on coins."
 _KILL = "You kill the giant rat!"
+# A kill that cost hit points is still a "Yes" for the discoverer. Without it the 0.5B model
+# read the HP line of a fight as bad news and ranked kills below nothing happening (an embedded
+# run's discoverer model scored "" above every "You kill ...!"). Measured on two labelled sets
+# of 34 discoverer captions (bench/README.md, annotator_quality): AUC positive vs neutral
+# 0.56 -> 0.68 and 0.62 -> 0.65, overall 0.77 -> 0.82 and 0.60 -> 0.67.
+_FIGHT_WON = ("You kill the jackal!", "The jackal bites!")
 # The god's wrath, a "No" for every skill (the prompts' god clause). Without it the 0.5B
 # model's reward models paid for the messages of prayer spam ("You are being punished for
 # your misbehavior!", "Thou must relearn thy lessons!"): a 10-min local run's agent prayed
@@ -87,7 +93,8 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
         ),
         threshold_quantile=0.95,
         examples=(_example("Yes", _KILL, depth=(2, 2)), _example("No", "", _NOTHING, depth=(2, 2)),
-                  _example("No", "You climb up the stairs.", depth=(3, 2)), _example("No", *_WRATH)),
+                  _example("No", "You climb up the stairs.", depth=(3, 2)), _example("No", *_WRATH),
+                  _example("Yes", *_FIGHT_WON, depth=(2, 2), hp=(12, 8))),
         probes=(Probe(message="You kill the newt!"), Probe(message="You find a hidden passage."),
                 Probe(message="$ - 12 gold pieces.")),
     ),
