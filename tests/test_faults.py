@@ -20,13 +20,6 @@ from mmotif.runtime.driver import Driver, TrainingStopped
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def stop_when(driver, done, within_s: float) -> None:
     """Stop the run (`Driver.stop`) as soon as `done()` holds, or after `within_s`; the run's
     time limit stays the backstop. Runs only as long as what is under test needs."""

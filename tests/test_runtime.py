@@ -40,13 +40,6 @@ def local_cfg(tmp_path, **extra):
     return load_config(preset_name="local", overrides=overrides)
 
 
-@pytest.fixture
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
