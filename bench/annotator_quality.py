@@ -238,11 +238,13 @@ def rollout_captions(envs: int, steps: int, seed: int, caption_gap: int, caption
 
 # -- few-shot prompt -------------------------------------------------------------------------
 
-# Per skill: three solved examples (Yes, No, No), shown as earlier turns of the chat.
 def shipped_examples() -> dict[str, list[tuple[str, str]]]:
-    """Each skill's solved (caption, answer) questions as a run asks them first
-    (`SkillSpec.examples`, `annotator.few_shot: true`, the default)."""
-    return {s.name: [(e.caption, e.answer) for e in s.examples] for s in PAPER_SKILLS}
+    """Each skill's solved (caption, answer) questions as a local run asks them first
+    (`SkillSpec.examples`, `annotator.few_shot: true`, the default), as earlier chat turns."""
+    from mmotif.annotators.offline import examples_from_config
+    from mmotif.config import load_config
+
+    return examples_from_config(load_config(preset_name="local"))
 
 
 # -- the labelled set ------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _example(answer: str, message: str, previous: str = "", depth: tuple[int, in
 
 # Measured by bench/annotator_quality.py: three solved examples per skill take the 0.5B model's
 # ranking of real captions from chance (AUC 0.48) to 0.70 (bench/README.md). The fourth, the
-# god's wrath, came later and is not in that number.
+# god's wrath, came later and is not in that number; the discoverer's fifth is measured below.
 _NOTHING = "You hear water falling on coins."
 _KILL = "You kill the giant rat!"
 # A kill that cost hit points is still a "Yes" for the discoverer. Without it the 0.5B model
