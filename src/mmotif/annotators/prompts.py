@@ -25,7 +25,7 @@ from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, LABEL_UNKNOWN
 
 # Bump when any text below changes: preferences record it, so labels from different prompt
 # texts are never silently mixed.
-PROMPT_VERSION = "5"  # 2: pointwise questions may follow the skill's solved examples; 3: a god's-wrath No for every skill; 4: a costly kill is a Yes for the discoverer; 5: a menu prompt is a No for the discoverer
+PROMPT_VERSION = "4"  # 2: pointwise questions may follow the skill's solved examples; 3: a god's-wrath No for every skill; 4: a costly kill is a Yes for the discoverer
 
 Message = dict[str, str]
 

@@ -55,16 +55,11 @@ _KILL = "You kill the giant rat!"
 # of 34 discoverer captions (bench/README.md, annotator_quality): AUC positive vs neutral
 # 0.56 -> 0.68 and 0.62 -> 0.65, overall 0.77 -> 0.82 and 0.60 -> 0.67.
 _FIGHT_WON = ("You kill the jackal!", "The jackal bites!")
-# The game asking which item to use is not an item found. Without this "No" the 0.5B model
-# rated "What do you want to eat? [fghi or ?*]" above kills, and an embedded run's discoverer
-# model paid for opening menus ("In what direction?", "What do you want to drink?" were its
-# top messages). Measured on two embedded runs' real captions (20 kills, 20 menu prompts,
-# 12 empty, 16 other, 10 deaths or wrath each): AUC kill vs menu prompt 0.35 -> 0.82 and
-# 0.21 -> 0.70; kill vs empty unchanged (0.92, 0.85 -> 0.89); kill vs death/wrath 0.99 -> 0.92
-# and 0.96 -> 0.90. On annotator_quality's discoverer sets (8 per class) positive vs neutral
-# 0.64 -> 0.78 and 0.67 -> 0.86, but neutral vs negative fell (0.88 -> 0.23, 0.71 -> 0.50):
-# neutral steps now score as low as deaths, both below the kills (bench/README.md).
-_MENU_PROMPT = "What do you want to eat? [gh or ?*]"
+# Tried and taken out again (2026-12-07): a menu prompt ("What do you want to eat? [gh or ?*]")
+# as a discoverer "No". It fixed what it aimed at (AUC kill vs menu prompt on real captions
+# 0.10-0.35 -> 0.43-0.82) but lifted deaths and the god's anger to the kills' level (positive vs
+# negative 0.66 -> 0.47, neutral vs negative 0.88 -> 0.23 and 0.71 -> 0.50); a reward model that
+# pays for dying is worse than one that pays for opening menus. bench/example_ablation.py.
 # The god's wrath, a "No" for every skill (the prompts' god clause). Without it the 0.5B
 # model's reward models paid for the messages of prayer spam ("You are being punished for
 # your misbehavior!", "Thou must relearn thy lessons!"): a 10-min local run's agent prayed
@@ -104,7 +99,7 @@ PAPER_SKILLS: tuple[SkillSpec, ...] = (
         threshold_quantile=0.95,
         examples=(_example("Yes", _KILL, depth=(2, 2)), _example("No", "", _NOTHING, depth=(2, 2)),
                   _example("No", "You climb up the stairs.", depth=(3, 2)), _example("No", *_WRATH),
-                  _example("No", _MENU_PROMPT, depth=(2, 2)), _example("Yes", *_FIGHT_WON, depth=(2, 2), hp=(12, 8))),
+                  _example("Yes", *_FIGHT_WON, depth=(2, 2), hp=(12, 8))),
         probes=(Probe(message="You kill the newt!"), Probe(message="You find a hidden passage."),
                 Probe(message="$ - 12 gold pieces.")),
     ),
