@@ -1,14 +1,16 @@
 """One few-shot example's effect on how the embedded annotator ranks a run's own captions.
 
-`python bench/example_ablation.py --run RUN_DIR [--skill discoverer] [--drop -2]
-[--per-class 20] [--seed 0]`: captions of a finished run (its `captions.jsonl`, what the agent's
+`python bench/example_ablation.py --run RUN_DIR [--skill discoverer] (--drop INDEX |
+--add No|Yes MESSAGE [--previous MESSAGE] [--at INDEX]) [--per-class 20] [--seed 0]`: captions of a finished run (its `captions.jsonl`, what the agent's
 own games showed) are put in classes by their events, as annotator_quality's targets say:
 positive (the skill's target events), negative (death, the god's anger, the wrong level
 change), menu (the game asking for an item or a direction, and "Never mind."), empty (no
 message, no change) and other (any other message). `--per-class` distinct captions per class
-are scored for the skill with its shipped examples (`SkillSpec.examples`) and with example
-`--drop` left out (a Python index: -2 is the one before last). Prints, per variant, the AUC of
-the positive class against each other class and every class's mean score, one JSON object.
+are scored for the skill with its shipped examples (`SkillSpec.examples`) and with one change:
+example `--drop` left out (a Python index), or a new example (`--add ANSWER MESSAGE`, the
+caption written as `SkillSpec` examples are: same level, no other change) put in at `--at`
+(default: before the last). Prints, per variant, the AUC of the positive class against each
+other class and every class's mean score, one JSON object.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mmotif.annotators.annotate import score_captions  # noqa: E402
 from mmotif.contract import Caption, read_captions  # noqa: E402
 from mmotif.llm.embedded import EmbeddedBackend  # noqa: E402
 from mmotif.nethack.events import caption_events  # noqa: E402
-from mmotif.skills.specs import PAPER_SKILLS  # noqa: E402
+from mmotif.skills.specs import PAPER_SKILLS, _example  # noqa: E402
 
 MENU = re.compile(r"^What do you want to |^In what direction\?|^Never mind\.")
 CLASSES = ("positive", "negative", "menu", "empty", "other")
@@ -82,27 +84,42 @@ def score_variant(backend, skill: str, rows, examples) -> dict:
     }
 
 
+def changed_examples(shipped: list[tuple[str, str]], args) -> tuple[list[tuple[str, str]], dict]:
+    """The shipped list with one example dropped or added, and a description of the change."""
+    if args.add:
+        answer, message = args.add
+        added = _example(answer, message, args.previous, depth=(2, 2))
+        at = len(shipped) - 1 if args.at is None else args.at
+        return shipped[:at] + [(added.caption, answer)] + shipped[at:], {"added": added.caption, "answer": answer, "at": at}
+    drop = args.drop % len(shipped)
+    return [e for i, e in enumerate(shipped) if i != drop], {"dropped": shipped[drop][0], "answer": shipped[drop][1]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a run folder with captions.jsonl")
     p.add_argument("--skill", default="discoverer", choices=sorted(TARGETS))
-    p.add_argument("--drop", type=int, default=-2, help="index of the shipped example to leave out")
+    change = p.add_mutually_exclusive_group(required=True)
+    change.add_argument("--drop", type=int, help="index of the shipped example to leave out")
+    change.add_argument("--add", nargs=2, metavar=("ANSWER", "MESSAGE"), help="a new example: Yes|No and its message")
+    p.add_argument("--previous", default="", help="the new example's earlier message")
+    p.add_argument("--at", type=int, default=None, help="where the new example goes (default: before the last)")
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="qwen2.5-coder-0.5b")
     args = p.parse_args()
+    if args.add and args.add[0] not in ("Yes", "No"):
+        p.error("--add: the answer is Yes or No")
     torch.set_num_threads(1)
     rows = sample_classes(args.run, args.skill, args.per_class, args.seed)
     shipped = shipped_examples()[args.skill]
-    dropped = shipped[args.drop]
-    without = [e for i, e in enumerate(shipped) if i != args.drop % len(shipped)]
+    changed, change_info = changed_examples(shipped, args)
     backend = EmbeddedBackend(args.model, num_threads=1, batch_size=4, dtype="float32")
     print(json.dumps({
         "bench": "example_ablation", "run": str(args.run), "skill": args.skill, "seed": args.seed,
-        "classes": {c: sum(cls == c for cls, _ in rows) for c in CLASSES},
-        "dropped_example": {"caption": dropped[0], "answer": dropped[1]},
+        "classes": {c: sum(cls == c for cls, _ in rows) for c in CLASSES}, "change": change_info,
         "shipped": score_variant(backend, args.skill, rows, shipped),
-        "without_dropped": score_variant(backend, args.skill, rows, without),
+        "changed": score_variant(backend, args.skill, rows, changed),
     }))
 
 
