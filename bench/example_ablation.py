@@ -1,16 +1,17 @@
 """One few-shot example's effect on how the embedded annotator ranks a run's own captions.
 
 `python bench/example_ablation.py --run RUN_DIR [--skill discoverer] (--drop INDEX |
---add No|Yes MESSAGE [--previous MESSAGE] [--at INDEX]) [--per-class 20] [--seed 0]`: captions of a finished run (its `captions.jsonl`, what the agent's
-own games showed) are put in classes by their events, as annotator_quality's targets say:
-positive (the skill's target events), negative (death, the god's anger, the wrong level
-change), menu (the game asking for an item or a direction, and "Never mind."), empty (no
-message, no change) and other (any other message). `--per-class` distinct captions per class
-are scored for the skill with its shipped examples (`SkillSpec.examples`) and with one change:
-example `--drop` left out (a Python index), or a new example (`--add ANSWER MESSAGE`, the
-caption written as `SkillSpec` examples are: same level, no other change) put in at `--at`
-(default: before the last). Prints, per variant, the AUC of the positive class against each
-other class and every class's mean score, one JSON object.
+--add No|Yes MESSAGE [--previous MESSAGE] [--depth A B] [--at INDEX]) [--per-class 20]
+[--seed 0]`: captions of a finished run (its `captions.jsonl`, what the agent's own games
+showed) are put in classes by their events, as annotator_quality's targets say: positive (the
+skill's target events), negative (death, the god's anger, the wrong level change), menu (the
+game asking for an item or a direction, and "Never mind."), empty (no message, no change) and
+other (any other message). `--per-class` distinct captions per class are scored for the skill
+with its shipped examples (`SkillSpec.examples`) and with one change: example `--drop` left
+out (a Python index), or a new example (`--add ANSWER MESSAGE`, its caption written as
+`SkillSpec` examples are: dungeon levels `--depth`, no other change) put in at `--at` (default:
+before the last). Prints, per variant, the AUC of the positive class against each other class
+and every class's mean score, one JSON object.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def changed_examples(shipped: list[tuple[str, str]], args) -> tuple[list[tuple[s
     """The shipped list with one example dropped or added, and a description of the change."""
     if args.add:
         answer, message = args.add
-        added = _example(answer, message, args.previous, depth=(2, 2))
+        added = _example(answer, message, args.previous, depth=tuple(args.depth))
         at = len(shipped) - 1 if args.at is None else args.at
         return shipped[:at] + [(added.caption, answer)] + shipped[at:], {"added": added.caption, "answer": answer, "at": at}
     drop = args.drop % len(shipped)
@@ -103,6 +104,8 @@ def main() -> None:
     change.add_argument("--drop", type=int, help="index of the shipped example to leave out")
     change.add_argument("--add", nargs=2, metavar=("ANSWER", "MESSAGE"), help="a new example: Yes|No and its message")
     p.add_argument("--previous", default="", help="the new example's earlier message")
+    p.add_argument("--depth", type=int, nargs=2, default=(2, 2), metavar=("BEFORE", "AFTER"),
+                   help="the new example's dungeon levels (default: 2 2, no change)")
     p.add_argument("--at", type=int, default=None, help="where the new example goes (default: before the last)")
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
