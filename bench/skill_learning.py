@@ -43,8 +43,8 @@ from mmotif.skills.build import make_vector_env
 from mmotif.skills.competence import PER_STEPS, SKILL_EVENTS
 
 
-def train(annotator: str, seed: int, seconds: float, work: Path, overrides: dict):
-    cfg = load_config(preset_name="local", overrides={
+def train(annotator: str, seed: int, seconds: float, work: Path, overrides: dict, sets: list[str]):
+    cfg = load_config(preset_name="local", sets=sets, overrides={
         **overrides,
         "seed": seed, "time_limit_s": seconds,
         "annotator": {**overrides.get("annotator", {}), "backend": annotator},
@@ -169,6 +169,8 @@ def main() -> None:
     p.add_argument("--min-episodes", type=int, default=10)
     p.add_argument("--lr", type=float, default=None, help="learner.lr (default: the local preset's)")
     p.add_argument("--adv-std-floor", type=float, default=None, help="learner.adv_std_floor (default: preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="any other config field, as `mmotif run --set` (applied after the bench's own)")
     args = p.parse_args()
     learner = {k: v for k, v in (("lr", args.lr), ("adv_std_floor", args.adv_std_floor)) if v is not None}
     overrides = {"learner": learner} if learner else {}
@@ -177,7 +179,7 @@ def main() -> None:
     for annotator in args.annotators:
         for seed in args.seeds:
             t = time.time()
-            cfg, summary = train(annotator, seed, args.seconds, work, overrides)
+            cfg, summary = train(annotator, seed, args.seconds, work, overrides, args.set)
             eval_cfg = cfg.model_copy(update={"env": cfg.env.model_copy(
                 update={"max_episode_steps": args.max_episode_steps, "caption_rate": 0.0})})
             learner_state, _ = load_checkpoint(Path(cfg.paths.run_dir), cfg)
@@ -205,7 +207,7 @@ def main() -> None:
                 "run_dir": str(cfg.paths.run_dir),
             })
     print(json.dumps({"bench": "skill_learning", "seconds": round(time.time() - t0, 1),
-                      "episodes": args.episodes, "results": results}, indent=1))
+                      "episodes": args.episodes, "sets": args.set, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
