@@ -34,6 +34,7 @@ from annotator_quality import TARGETS, _auc, shipped_examples  # noqa: E402
 from mmotif.annotators.annotate import score_captions  # noqa: E402
 from mmotif.contract import Caption, read_captions  # noqa: E402
 from mmotif.llm.embedded import EmbeddedBackend  # noqa: E402
+from mmotif.llm.weights import SMALL_MODEL  # noqa: E402
 from mmotif.nethack.events import caption_events  # noqa: E402
 from mmotif.skills.specs import PAPER_SKILLS, _example  # noqa: E402
 
@@ -91,9 +92,11 @@ def changed_examples(shipped: list[tuple[str, str]], args) -> tuple[list[tuple[s
         answer, message = args.add
         added = _example(answer, message, args.previous, depth=tuple(args.depth))
         at = len(shipped) - 1 if args.at is None else args.at
-        return shipped[:at] + [(added.caption, answer)] + shipped[at:], {"added": added.caption, "answer": answer, "at": at}
+        changed = shipped[:at] + [(added.caption, answer)] + shipped[at:]
+        return changed, {"added": added.caption, "answer": answer, "at": at}
     drop = args.drop % len(shipped)
-    return [e for i, e in enumerate(shipped) if i != drop], {"dropped": shipped[drop][0], "answer": shipped[drop][1]}
+    changed = [e for i, e in enumerate(shipped) if i != drop]
+    return changed, {"dropped": shipped[drop][0], "answer": shipped[drop][1]}
 
 
 def main() -> None:
@@ -109,7 +112,7 @@ def main() -> None:
     p.add_argument("--at", type=int, default=None, help="where the new example goes (default: before the last)")
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="qwen2.5-coder-0.5b")
+    p.add_argument("--model", default=SMALL_MODEL, help="the local preset's annotator model by default")
     args = p.parse_args()
     if args.add and args.add[0] not in ("Yes", "No"):
         p.error("--add: the answer is Yes or No")
