@@ -216,12 +216,12 @@ def stdout_to_stderr():
 
 
 def bench_config(network: str, envs: int, seconds: float | None = None, run_dir: str | None = None,
-                 shortcuts: bool = True):
+                 shortcuts: bool = True, actors: int = 1):
     from mmotif.config import preset, with_overrides
 
     overrides: dict = {
         "annotator": {"num_annotators": 0},
-        "actors": {"envs_per_actor": envs},
+        "actors": {"num_actors": actors, "envs_per_actor": envs},
         "learner": {"network": {"size": network, "shortcuts": shortcuts}},
     }
     if seconds is not None:
@@ -258,7 +258,7 @@ def steady_rate(rows: list[dict], warmup: float, window: float = 10.0) -> dict:
 
 # ------------------------------------------------------------------------ (a) end to end
 def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, warmup: float = 15.0,
-               shortcuts: bool = True) -> dict:
+               shortcuts: bool = True, actors: int = 1) -> dict:
     """A real `mmotif run` (local preset, no annotation) for `seconds`; its steady rate."""
     import ray
 
@@ -267,7 +267,8 @@ def end_to_end(network: str = "local", seconds: float = 60.0, envs: int = 16, wa
     from mmotif.runtime.driver import Driver
 
     with tempfile.TemporaryDirectory(prefix="mmotif-bench-") as tmp:
-        cfg = bench_config(network, envs, seconds=seconds, run_dir=str(Path(tmp) / "run"), shortcuts=shortcuts)
+        cfg = bench_config(network, envs, seconds=seconds, run_dir=str(Path(tmp) / "run"), shortcuts=shortcuts,
+                           actors=actors)
         busy_before = machine_busy()
         t0 = time.time()
         with stdout_to_stderr(), TreeCpu() as cpu:
@@ -413,6 +414,8 @@ def main() -> None:
     p.add_argument("--network", choices=("local", "paper"), default="local")
     p.add_argument("--seconds", type=float, default=60.0, help="end-to-end training time")
     p.add_argument("--envs", type=int, default=16, help="envs per rollout actor")
+    p.add_argument("--actors", type=int, default=1,
+                   help="rollout actors in the end-to-end run (the local preset has 1); the bound is per env step")
     p.add_argument("--warmup", type=float, default=15.0, help="seconds after the first learner step not counted")
     p.add_argument("--bound-seconds", type=float, default=5.0, help="time for each part of the bound")
     p.add_argument("--cores", type=int, default=None, help="cores for the bound (default: this process's)")
@@ -422,10 +425,10 @@ def main() -> None:
                         "computation before them, in the run and the bound")
     args = p.parse_args()
 
-    result: dict = {"network": args.network, "envs": args.envs, "seconds": args.seconds}
+    result: dict = {"network": args.network, "envs": args.envs, "actors": args.actors, "seconds": args.seconds}
     if args.only != "bound":
         result["end_to_end"] = end_to_end(args.network, args.seconds, args.envs, args.warmup,
-                                          shortcuts=not args.reference_network)
+                                          shortcuts=not args.reference_network, actors=args.actors)
     if args.only != "e2e":
         with stdout_to_stderr():
             result["bound"] = bound(args.network, args.envs, args.bound_seconds, args.cores,

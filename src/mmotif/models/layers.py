@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 ORTHOGONAL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -18,6 +22,32 @@ def orthogonal_init_(module: nn.Module, gain: float = 1.0) -> None:
             nn.init.orthogonal_(m.weight, gain=gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+# Below this many rows PyTorch's own CPU convolutions beat oneDNN's at the local network's
+# sizes (one thread, inference): message encoder 2 rows 0.80 vs 1.29 ms, 6 rows 1.25 vs
+# 2.00; crop encoder 6 rows 0.69 vs 0.89. From 16 rows on the native path is 2-8x slower
+# (bench/README.md, "oneDNN only from 16 rows").
+ONEDNN_MIN_ROWS = 16
+
+
+@contextmanager
+def cpu_conv_kernels_for(x: torch.Tensor) -> Iterator[None]:
+    """Pick the faster CPU convolution kernels for a no-grad batch of `len(x)` rows.
+
+    The same function either way (within float tolerance). oneDNN's switch is process-wide,
+    so a thread convolving concurrently may get the other kernels for a moment: slower,
+    never different numbers. With gradients on (the learner's batches) nothing changes.
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu" or x.shape[0] >= ONEDNN_MIN_ROWS:
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def num_parameters(module: nn.Module) -> int:

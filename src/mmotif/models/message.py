@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmotif.contract import MESSAGE_LEN
+from mmotif.models.layers import cpu_conv_kernels_for
 
 
 def _conv_out_len(length: int, kernel: int) -> int:
@@ -61,5 +62,6 @@ class MessageEncoder(nn.Module):
         if message.dim() != 2 or message.shape[1] != self.msg_len:
             raise ValueError(f"message must be (B, {self.msg_len}), got {tuple(message.shape)}")
         x = self.embedding(message.long())  # (B, L, E)
-        x = self.conv(x.transpose(1, 2))  # (B, C, L')
+        with cpu_conv_kernels_for(x):
+            x = self.conv(x.transpose(1, 2))  # (B, C, L')
         return self.fc(x.flatten(1))

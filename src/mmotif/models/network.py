@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mmotif.contract import DEFAULT_CROP, MESSAGE_LEN, blstats_dim
-from mmotif.models.layers import orthogonal_init_
+from mmotif.models.layers import cpu_conv_kernels_for, orthogonal_init_
 from mmotif.models.message import MessageEncoder
 
 NUM_ACTIONS = 28  # spec §9.3
@@ -169,7 +169,8 @@ class CropEncoder(nn.Module):
 
     def forward(self, chars: Tensor, colors: Tensor) -> Tensor:
         x = torch.cat([self.char_embed(chars.long()), self.color_embed(colors.long())], dim=-1)  # (N,H,W,E)
-        x = self.conv(x.permute(0, 3, 1, 2))
+        with cpu_conv_kernels_for(x):
+            x = self.conv(x.permute(0, 3, 1, 2))
         return self.fc(x.flatten(1))
 
 
