@@ -256,29 +256,30 @@ def test_acting_caches_same_actions_and_follow_new_weights():
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 15, 16, 40])
-def test_small_no_grad_batches_use_other_kernels_for_the_same_numbers(rows):
-    """Below ONEDNN_MIN_ROWS a no-grad convolution runs PyTorch's own CPU kernels: the same
-    encodings as with gradients on (oneDNN), and the process-wide switch is put back."""
-    from mmotif.models.layers import ONEDNN_MIN_ROWS
+@pytest.mark.parametrize("sizes", [local_sizes(), paper_sizes()], ids=["local", "paper"])
+def test_small_no_grad_batches_use_other_kernels_for_the_same_numbers(rows, sizes):
+    """Below ONEDNN_MIN_ROWS a no-grad convolution at most NATIVE_MAX_CHANNELS wide runs
+    PyTorch's own CPU kernels: the same encodings as with gradients on (oneDNN), and the
+    process-wide switch is put back. Wider convolutions (the paper's) keep oneDNN."""
+    from mmotif.models.layers import NATIVE_MAX_CHANNELS, ONEDNN_MIN_ROWS
     from mmotif.models.message import MessageEncoder
     from mmotif.models.network import CropEncoder
 
     torch.manual_seed(rows)
-    sizes = local_sizes()
     message = torch.randint(0, 256, (rows, 256), dtype=torch.uint8)
     message[:, 50:] = 0
     chars = torch.randint(0, 128, (rows, 12, 12), dtype=torch.uint8)
     colors = torch.randint(0, 16, (rows, 12, 12), dtype=torch.uint8)
-    encoders = [(MessageEncoder(32, emb_dim=16, channels=32), (message,)),
+    encoders = [(MessageEncoder(32, emb_dim=sizes.message_embed, channels=sizes.message_channels), (message,)),
                 (CropEncoder((12, 12), sizes), (chars, colors))]
-    seen = []
     for encoder, inputs in encoders:
-        conv = encoder.conv[0]
-        conv.register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+        seen = []
+        encoder.conv[0].register_forward_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
         reference = encoder(*inputs).detach()
         with torch.inference_mode():
             fast = encoder(*inputs)
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
         assert torch.backends.mkldnn.enabled
-    with_grad, no_grad = seen[0::2], seen[1::2]
-    assert all(with_grad) and all(no_grad) == (rows >= ONEDNN_MIN_ROWS)
+        widest = sizes.message_channels if isinstance(encoder, MessageEncoder) else max(sizes.crop_channels)
+        narrow = widest <= NATIVE_MAX_CHANNELS
+        assert seen[0] and seen[1] == (rows >= ONEDNN_MIN_ROWS or not narrow)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmotif.contract import MESSAGE_LEN
-from mmotif.models.layers import cpu_conv_kernels_for
+from mmotif.models.layers import cpu_conv_kernels_for, widest_conv
 
 
 def _conv_out_len(length: int, kernel: int) -> int:
@@ -57,11 +57,12 @@ class MessageEncoder(nn.Module):
             raise ValueError(f"msg_len={msg_len} is too short for the message CNN")
         self.flat_dim = channels * length  # 320 for the paper's 256-char message
         self.fc = nn.Sequential(nn.Linear(self.flat_dim, out_dim), nn.ReLU())
+        self._widest_conv = widest_conv(self.conv)
 
     def forward(self, message: torch.Tensor) -> torch.Tensor:
         if message.dim() != 2 or message.shape[1] != self.msg_len:
             raise ValueError(f"message must be (B, {self.msg_len}), got {tuple(message.shape)}")
         x = self.embedding(message.long())  # (B, L, E)
-        with cpu_conv_kernels_for(x):
+        with cpu_conv_kernels_for(x, self._widest_conv):
             x = self.conv(x.transpose(1, 2))  # (B, C, L')
         return self.fc(x.flatten(1))

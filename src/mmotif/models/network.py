@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mmotif.contract import DEFAULT_CROP, MESSAGE_LEN, blstats_dim
-from mmotif.models.layers import cpu_conv_kernels_for, orthogonal_init_
+from mmotif.models.layers import cpu_conv_kernels_for, orthogonal_init_, widest_conv
 from mmotif.models.message import MessageEncoder
 
 NUM_ACTIONS = 28  # spec §9.3
@@ -166,10 +166,11 @@ class CropEncoder(nn.Module):
             flat = self.conv(torch.zeros(1, sizes.char_embed + sizes.color_embed, *crop)).numel()
         self.fc = nn.Sequential(nn.Linear(flat, sizes.crop_hidden), nn.ELU())
         self.out_dim = sizes.crop_hidden
+        self._widest_conv = widest_conv(self.conv)
 
     def forward(self, chars: Tensor, colors: Tensor) -> Tensor:
         x = torch.cat([self.char_embed(chars.long()), self.color_embed(colors.long())], dim=-1)  # (N,H,W,E)
-        with cpu_conv_kernels_for(x):
+        with cpu_conv_kernels_for(x, self._widest_conv):
             x = self.conv(x.permute(0, 3, 1, 2))
         return self.fc(x.flatten(1))
 
