@@ -33,8 +33,10 @@ def test_learner_drops_rollouts_older_than_max_policy_lag(tmp_path):
 
 def test_train_step_with_distinct_inputs_equals_reference(tmp_path):
     """One SGD step on a real rollout (mostly empty or repeated messages, repeated crops): the
-    same stats and the same new weights whether each distinct input is encoded once or every
-    row is."""
+    same stats and the same gradients whether each distinct input is encoded once or every
+    row is. Gradients, not the new weights: Adam's first step moves every weight by about
+    lr * sign(gradient), so a gradient element at float-noise level (~1e-10) can flip its
+    weight's update by 2 lr between two exact computations."""
     cfg = load_config(preset_name="local", overrides={
         "annotator": {"num_annotators": 0},
         "actors": {"num_actors": 1, "envs_per_actor": 4},
@@ -51,7 +53,9 @@ def test_train_step_with_distinct_inputs_equals_reference(tmp_path):
     for key, value in ref_stats.items():
         assert abs(fast_stats[key] - value) <= 1e-4 * max(1.0, abs(value)), key
     for (name, p), q in zip(fast.net.named_parameters(), reference.net.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_bf16_autocast_forward_path(tmp_path):
