@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mmotif.contract import observation_spec
-from mmotif.models.layers import num_parameters
-from mmotif.models.network import SkillPolicyNet, distinct_rows, local_sizes, mask_state, paper_sizes
+from mmotif.models.layers import NATIVE_MAX_CHANNELS, ONEDNN_MIN_ROWS, num_parameters
+from mmotif.models.message import MessageEncoder
+from mmotif.models.network import CropEncoder, SkillPolicyNet, distinct_rows, local_sizes, mask_state, paper_sizes
 
 K = 5
 CROP = (12, 12)
@@ -261,10 +262,6 @@ def test_small_no_grad_batches_use_other_kernels_for_the_same_numbers(rows, size
     """Below ONEDNN_MIN_ROWS a no-grad convolution at most NATIVE_MAX_CHANNELS wide runs
     PyTorch's own CPU kernels: the same encodings as with gradients on (oneDNN), and the
     process-wide switch is put back. Wider convolutions (the paper's) keep oneDNN."""
-    from mmotif.models.layers import NATIVE_MAX_CHANNELS, ONEDNN_MIN_ROWS
-    from mmotif.models.message import MessageEncoder
-    from mmotif.models.network import CropEncoder
-
     torch.manual_seed(rows)
     message = torch.randint(0, 256, (rows, 256), dtype=torch.uint8)
     message[:, 50:] = 0
