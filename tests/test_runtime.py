@@ -34,6 +34,8 @@ def local_cfg(tmp_path, **extra):
         "learner": {"batch_size": 256, "rollout": 32},
         "checkpoint_every_steps": 2048,
         "paths": {"run_dir": str(tmp_path / "run")},
+        # the end-of-run evaluation (~15 s on 2 cores) is test_short_run's subject, not the others'
+        "evaluation": {"tasks": []},
     }
     for k, v in extra.items():
         overrides[k] = {**overrides.get(k, {}), **v} if isinstance(v, dict) else v
@@ -45,7 +47,7 @@ def read_metrics(run_dir):
 
 
 def test_short_run_trains_and_checkpoints(tmp_path, ray_local):
-    cfg = local_cfg(tmp_path, time_limit_s=25)
+    cfg = local_cfg(tmp_path, time_limit_s=25, evaluation={"tasks": ["gnomish"]})
     run_dir = tmp_path / "run"
     plan = run_dir / "plans" / "gnomish.py"  # as `mmotif plan --task gnomish --out <run>/plans` writes it
     plan.parent.mkdir(parents=True)
@@ -159,3 +161,20 @@ def test_mismatched_checkpoint_is_refused(tmp_path, ray_local):
     (latest_checkpoint(tmp_path / "run") / "learner.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(tmp_path / "run", cfg)
+
+
+def test_the_loop_waits_for_starting_actors_instead_of_spinning(tmp_path, ray_local):
+    """With no rollout in flight (every actor still starting), the driver's wait blocks on
+    the actors' ready pings; it used to return at once (`ray.wait([])`) and spin a core."""
+    @ray.remote
+    def slow_ping():
+        time.sleep(3.0)
+        return True
+
+    driver = Driver(local_cfg(tmp_path))
+    driver._pending, driver._awaiting = {}, {"actor": slow_ping.remote()}
+    started = time.time()
+    assert driver._wait_for_rollout_or_ping(timeout=1.0) == []
+    assert time.time() - started >= 0.9
+    assert driver._wait_for_rollout_or_ping(timeout=10.0) == []  # the ping, not a rollout
+    assert time.time() - started < 9.0, "woke when the ping answered"

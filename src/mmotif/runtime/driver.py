@@ -351,7 +351,7 @@ class Driver:
                 for _ in range(cfg.actors.rollouts_in_flight):
                     self._start_collect(actor, weights)
             self._grow_with_the_cluster()
-            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=1.0)
+            ready = self._wait_for_rollout_or_ping()
             self._kill_stalled()
             for ref in ready:
                 if ref not in self._pending:  # dropped with its dead actor's other rollouts
@@ -381,6 +381,18 @@ class Driver:
             self.metrics.refresh()
 
     _last_stats: dict = {}
+
+    def _wait_for_rollout_or_ping(self, timeout: float = 1.0) -> list:
+        """Block until a rollout finishes or an actor answers its `ready` ping (at most
+        `timeout`); returns the finished rollouts' refs. Waiting on rollouts alone spun the
+        loop while every actor was still starting (nothing pending: `ray.wait([])` returns at
+        once), taking a core from the actors' own start-up."""
+        waitable = [*self._pending, *self._awaiting.values()]
+        if not waitable:
+            time.sleep(0.05)
+            return []
+        ready, _ = ray.wait(waitable, num_returns=1, timeout=timeout)
+        return [ref for ref in ready if ref in self._pending]
 
     def _start_collect(self, actor, weights) -> None:
         """Queue weights then a rollout on `actor`; the weights apply before that rollout."""
