@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -34,9 +35,10 @@ from mmotif.annotators.annotate import score_captions  # noqa: E402
 from mmotif.contract import Caption, read_captions  # noqa: E402
 from mmotif.llm.embedded import EmbeddedBackend  # noqa: E402
 from mmotif.llm.weights import SMALL_MODEL  # noqa: E402
-from mmotif.nethack.events import caption_events, is_interface_prompt  # noqa: E402
+from mmotif.nethack.events import caption_events  # noqa: E402
 from mmotif.skills.specs import PAPER_SKILLS, _example  # noqa: E402
 
+MENU = re.compile(r"^What do you want to |^In what direction\?|^Never mind\.")
 CLASSES = ("positive", "negative", "menu", "empty", "other")
 
 
@@ -49,7 +51,7 @@ def caption_class(skill: str, caption: Caption) -> str | None:
         return "positive"
     if events & targets["negative"]:
         return "negative"
-    if is_interface_prompt(caption.message):  # runs from before 2026-12-07 caption them
+    if MENU.search(caption.message):
         return "menu"
     return "empty" if events == {"nothing"} else "other"
 

@@ -8,14 +8,13 @@ import os
 import pytest
 import torch
 
-from mmotif.contract import RewardModelVersion, encode_reward_input
+from mmotif.contract import RewardModelVersion
 from mmotif.rewards.model import RewardModel
 from mmotif.rewards.stats import RewardStats, stats_from_scores
 from mmotif.rewards.versions import (
     RewardModelSet,
     RewardVersionError,
     SkillReward,
-    blank_interface_prompts,
     latest_version,
     list_versions,
     load,
@@ -47,28 +46,6 @@ def batch(n: int = 64, k: int = 3, seed: int = 0):
     diff[:, 0] = torch.randint(-1, 2, (n,), generator=g).float()
     sid = torch.randint(0, k, (n,), generator=g)
     return message, diff, sid
-
-
-def test_interface_prompts_score_as_the_empty_message():
-    """An item menu, a direction question and the reply to a declined one are the interface,
-    not game events: every skill's model scores them as a step without a message."""
-    rset = RewardModelSet([entry(s, i) for i, s in enumerate(SKILLS)])
-    texts = ["What do you want to eat? [fg or ?*]", "In what direction?", "Never mind.", "",
-             "You kill the newt!", "You see here what do you want to eat."]
-    rows = [encode_reward_input(t, 0) for t in texts]
-    msg = torch.stack([torch.from_numpy(m) for m, _ in rows])
-    diff = torch.stack([torch.from_numpy(d) for _, d in rows])
-    assert torch.equal(blank_interface_prompts(msg)[3:], msg[3:])  # other messages untouched
-    for k in range(len(SKILLS)):
-        sid = torch.full((len(texts),), k)
-        scores = rset.score(msg, diff, sid)
-        model = RewardModel()
-        model.load_state_dict(rset.entries[k].state_dict)
-        with torch.no_grad():
-            own = model.eval()(msg, diff)
-        assert not torch.allclose(own[:3], own[3].expand(3)), "the untrained models tell prompts apart"
-        torch.testing.assert_close(scores[:3], scores[3].expand(3), rtol=0, atol=1e-6)
-        torch.testing.assert_close(scores[3:], own[3:], rtol=1e-5, atol=1e-6)
 
 
 def test_round_trip_gives_identical_scores(tmp_path):

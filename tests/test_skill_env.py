@@ -6,7 +6,6 @@ import pytest
 from mmotif.config import ConfigError, load_config
 from mmotif.contract import observation_spec
 from mmotif.nethack import actions as A
-from mmotif.nethack.events import current_message, is_interface_prompt
 from mmotif.nethack.features import DOWNSTAIR_GLYPH, sees_branch_staircase, window_around_hero
 from mmotif.sandbox import UnsafeCodeError
 from mmotif.skills.build import make_skill_env, make_vector_env
@@ -255,29 +254,3 @@ def test_a_death_reads_as_a_death_not_as_climbing():
     assert venv.reward_inputs["diffstats"][0, 0] >= 0
     assert b"You die" in bytes(venv.reward_inputs["message"][0])
     venv.close()
-
-
-def test_captions_never_end_or_start_on_an_interface_prompt():
-    """A snapshot that falls on an item menu or a direction question waits for the next step:
-    on a real game whose actions open menus often, no caption shows one at either end."""
-    cfg = load_config(preset_name="local", overrides={"env": {"caption_gap": 1}})
-    venv = make_vector_env(cfg, 2, seed=5)
-    for env in venv.envs:
-        env.caption_rate = 1.0  # a snapshot on every step
-    venv.reset()
-    rng = np.random.default_rng(0)
-    menu_actions = [A.ACTION_NAMES.index(name) for name in ("EAT", "QUAFF", "KICK")]
-    prompts_seen = 0
-    for _ in range(600):
-        actions = np.where(rng.random(2) < 0.3, rng.choice(menu_actions, size=2), rng.integers(A.NUM_ACTIONS, size=2))
-        venv.step(actions)
-        prompts_seen += sum(is_interface_prompt(env.game.message_bytes()) for env in venv.envs)
-    captions = venv.pop_captions()
-    venv.close()
-    assert prompts_seen >= 20, "the games should have opened menus"
-    assert len(captions) >= 500
-    earlier = [text.split('" and the current message is')[0].removeprefix('The earlier message was "')
-               for text in (c.text for c in captions)]
-    assert not [c.message for c in captions if is_interface_prompt(c.message)]
-    assert not [m for m in earlier if is_interface_prompt(m)]
-    assert all(current_message(c.text) == c.message for c in captions)

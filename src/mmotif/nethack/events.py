@@ -42,13 +42,6 @@ CHANGE_EVENTS: dict[str, str] = {
     "hp_loss": "The HP went down",
 }
 LEVEL_EVENTS = {"descent": "The dungeon level went down", "ascent": "The dungeon level went up"}
-# The game asking the player for an item or a direction, and its reply to a declined question:
-# the interface, not something that happened in the game. mmotif neither captions them nor
-# lets a reward model pay for them (a deviation from the paper, whose agent sees them too):
-# the 0.5B annotator scored them above kills, and 7-13% of a run's captions were these
-# (measured 2026-12-07: an embedded run's discoverer model paid for "In what direction?").
-INTERFACE_PROMPTS = ("What do you want to ", "In what direction?", "Never mind.")
-_INTERFACE_PROMPT_BYTES = tuple(p.encode() for p in INTERFACE_PROMPTS)
 # "message": some other message; "nothing": no message and no change at all.
 EVENTS = (*LEVEL_EVENTS, *MESSAGE_EVENTS, *CHANGE_EVENTS, "message", "nothing")
 
@@ -60,14 +53,6 @@ def current_message(text: str) -> str:
     """The current message of a caption text ("" when the text is not a caption)."""
     found = _CURRENT_MESSAGE.search(text)
     return found.group(1) if found else ""
-
-
-def is_interface_prompt(message: str | bytes) -> bool:
-    """Whether a current message (text or NLE's NUL-padded bytes) is an interface prompt."""
-    if isinstance(message, bytes):
-        return message.startswith(_INTERFACE_PROMPT_BYTES)
-    return message.lstrip().startswith(INTERFACE_PROMPTS)
-
 
 
 def text_events(text: str) -> frozenset[str]:

@@ -33,7 +33,6 @@ import torch
 
 from mmotif.contract import DIFFSTATS_LEN, MESSAGE_LEN, RewardModelUpdate, RewardModelVersion
 from mmotif.durable import fsync_dir, write_durably
-from mmotif.nethack.events import INTERFACE_PROMPTS
 from mmotif.rewards.model import RewardModel
 from mmotif.rewards.stats import RewardStats
 from mmotif.rewards.transform import DEFAULT_BETA, DEFAULT_BOUND, DEFAULT_COEF, intrinsic_reward
@@ -41,20 +40,6 @@ from mmotif.rewards.transform import DEFAULT_BETA, DEFAULT_BOUND, DEFAULT_COEF, 
 FORMAT = "mmotif.reward_models/1"
 MANIFEST = "manifest.json"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
-_PROMPT_PREFIXES = tuple(torch.tensor(list(p.encode()), dtype=torch.uint8) for p in INTERFACE_PROMPTS)
-
-
-def blank_interface_prompts(msg: torch.Tensor) -> torch.Tensor:
-    """Message rows (N, 256 uint8) with every interface prompt (an item menu, a direction
-    question: `events.INTERFACE_PROMPTS`) replaced by the empty message, so that a reward model
-    scores such a step as a step without a message; a copy when any row changes."""
-    hit = torch.zeros(msg.shape[0], dtype=torch.bool, device=msg.device)
-    for prefix in _PROMPT_PREFIXES:
-        hit |= (msg[:, :prefix.numel()] == prefix.to(msg.device)).all(dim=1)
-    if bool(hit.any()):
-        msg = msg.clone()
-        msg[hit] = 0
-    return msg
 
 
 class RewardVersionError(RuntimeError):
@@ -191,9 +176,7 @@ class RewardModelSet:
         return torch.tensor(scores, dtype=torch.float32, device=self.device)
 
     def _score_rows(self, msg: torch.Tensor, diff: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
-        """Each row scored by its skill's model (0 for a constant skill); interface prompts
-        as the empty message (`blank_interface_prompts`)."""
-        msg = blank_interface_prompts(msg)
+        """Each row scored by its skill's model (0 for a constant skill)."""
         out = torch.zeros(sid.shape[0], dtype=torch.float32, device=self.device)
         counts = torch.bincount(sid, minlength=self.num_skills)
         if counts.shape[0] > self.num_skills or bool((sid < 0).any()):

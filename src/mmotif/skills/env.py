@@ -29,7 +29,6 @@ import numpy as np
 from mmotif.contract import DEFAULT_CROP, Caption, EnvRebuild, EpisodeSummary, encode_reward_input, observation_spec
 from mmotif.nethack import actions as A
 from mmotif.nethack.captions import game_state, make_caption
-from mmotif.nethack.events import is_interface_prompt
 from mmotif.nethack.features import (
     BL_DEPTH, BL_DNUM, BL_SCORE, BL_TIME, BL_X, BL_Y, MINES_DNUM, UNKNOWN_BRANCH, InventoryCounts,
     MessageCounter, sees_branch_staircase, window_around_hero, window_slices, write_blstats, write_crop,
@@ -341,18 +340,12 @@ class SkillEnv(gym.Env):
         """Snapshots at a geometric rate; a caption pairs one with the state `caption_gap`
         steps later. A game that ends (a death) closes its oldest open snapshot early: that
         caption ends on the last live stats and NetHack's "You die..." message. A truncated
-        episode drops its open snapshots (nothing happened to end them). A snapshot that falls
-        on an interface prompt (an item menu, a direction question) waits for the first step
-        after it, at either end of a caption (`events.INTERFACE_PROMPTS`)."""
+        episode drops its open snapshots (nothing happened to end them)."""
         steps = self.stats.steps
-        opens = 0 <= self._next_snapshot <= steps and not (terminated or truncated)
-        closes = bool(self._snapshots) and (terminated or self._snapshots[0][0] <= steps)
-        if (opens or closes) and not terminated and is_interface_prompt(self.game.message_bytes()):
-            opens = closes = False
-        if opens:
+        if steps == self._next_snapshot and not (terminated or truncated):
             self._snapshots.append((steps + self.caption_gap, self._game_state()))
             self._next_snapshot = self._draw_snapshot_delay()
-        while closes and self._snapshots and (terminated or self._snapshots[0][0] <= steps):
+        while self._snapshots and (self._snapshots[0][0] == steps or terminated):
             _, earlier = self._snapshots.popleft()
             self.captions.append(make_caption(earlier, self._game_state()))
             if terminated:
