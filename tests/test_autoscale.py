@@ -5,8 +5,11 @@ a head node with room for the learner and one rollout actor; a second node joins
 driver adds a rollout actor there and it produces trajectories.
 """
 
+import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -91,6 +94,8 @@ def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp
     `request_resources` for `actors.max_actors` makes the autoscaler launch workers, and the
     run puts rollout actors on them."""
     monkeypatch.setattr(driver_module, "GROWTH_CHECK_S", 1.0)
+    # Ray's fake autoscaler runs `ray start` from PATH: this interpreter's, activated or not
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     fake = FakeAutoscalingCluster(
         head_resources={"CPU": 2},
         worker_node_types={"cpu_worker": {"resources": {"CPU": 1}, "node_config": {},

@@ -59,7 +59,7 @@ def test_nan_reward_stops_learning_with_a_good_checkpoint_and_names_the_tensor(t
 
 def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, ray_local):
     # zero-shot prompts: the restarted engine labels again within seconds (what is under test)
-    cfg = local_cfg(tmp_path, time_limit_s=60, annotator={"num_annotators": 1, "backend": "embedded",
+    cfg = local_cfg(tmp_path, time_limit_s=150, annotator={"num_annotators": 1, "backend": "embedded",
                                                           "model": "smollm2-135m", "pairs_per_call": 8,
                                                           "few_shot": False})
     driver = Driver(cfg)
@@ -74,7 +74,7 @@ def test_killed_annotator_is_restarted_and_no_committed_label_is_lost(tmp_path, 
 
     threading.Thread(target=kill_annotator_after_some_labels, daemon=True).start()
     stop_when(driver, lambda: driver.counters.annotator_restarts >= 1
-              and driver.counters.labels > seen.get("labels_at_kill", float("inf")) + 8, 55)
+              and driver.counters.labels > seen.get("labels_at_kill", float("inf")) + 8, 145)
     driver.run()
     assert driver.counters.annotator_restarts == 1, "one kill, one restart"
     after = store_keys(tmp_path / "run" / "preferences.sqlite")
@@ -130,9 +130,11 @@ def test_dead_llm_server_is_counted_and_never_blocks_learning(tmp_path, ray_loca
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = local_cfg(tmp_path, time_limit_s=20, annotator={
+    cfg = local_cfg(tmp_path, time_limit_s=120, annotator={
         "num_annotators": 1, "backend": "openai", "model": "any", "base_url": f"http://127.0.0.1:{port}/v1"})
     driver = Driver(cfg)
+    # ~20 s on an idle machine; the time limit is the backstop on a busy one
+    stop_when(driver, lambda: driver.counters.annotation_failures >= 1 and driver.counters.env_steps > 4096, 115)
     summary = driver.run()
     assert driver.counters.annotation_failures >= 1 and driver.counters.labels == 0
     assert driver.counters.annotator_restarts == 0, "a failing server is not a dead actor"

@@ -10,6 +10,8 @@ from mmotif.annotators.annotate import TieRule, annotate_pairs
 from mmotif.annotators.examples import Moment
 from mmotif.annotators.offline import make_backend_from_config
 from mmotif.annotators.rules import DEFAULT_RULES, RulesBackend
+from mmotif.nethack import actions as A
+from mmotif.nethack.game import NetHackGame
 from mmotif.config import ConfigError, load_config
 from mmotif.contract import LABEL_FIRST, LABEL_SECOND, LABEL_TIE, CaptionPair
 from mmotif.nethack.events import caption_events, text_events
@@ -138,3 +140,34 @@ def test_seed_moments_hold_every_skills_target_event():
         scores = backend.score_texts([(skill, c.text) for c in seeds])
         assert max(scores) > 0, skill
     assert load_config(preset_name="local").annotator.seed_moments
+
+
+def _messages_of_a_praying_hero(games: int, steps: int = 40) -> list[str]:
+    """The messages of real games whose hero prays every other step (WAIT between)."""
+    pray, wait = A.INDEX["PRAY"], A.INDEX["WAIT"]
+    messages = []
+    for _ in range(games):
+        game = NetHackGame()
+        game.reset()
+        for i in range(steps):
+            done = game.step(pray if i % 2 == 0 else wait)
+            messages.append(game.message_bytes().decode("latin-1"))
+            if done:
+                break
+        game.close()
+    return messages
+
+
+def test_the_gods_anger_in_real_games_is_an_event_every_skill_avoids():
+    """A hero who prays again and again angers the god for real: NetHack answers with a
+    lesson to relearn, a black glow, a ball and chain or a minion sent to kill. Each of
+    these is the `god_angry` event (not only "... is displeased."), and the rules rank
+    such a moment below a calm one for every skill."""
+    angry = {m for m in _messages_of_a_praying_hero(10) if "god_angry" in text_events(Moment(m).caption().text)}
+    beyond_displeased = {m for m in angry if "displeased" not in m}
+    assert len(beyond_displeased) >= 3, sorted(angry)
+    backend = RulesBackend(list(SKILLS))
+    calm = backend.score_texts([(s, Moment("").caption().text) for s in SKILLS])
+    for message in beyond_displeased:
+        scores = backend.score_texts([(s, Moment(message).caption().text) for s in SKILLS])
+        assert all(a < c for a, c in zip(scores, calm)), message

@@ -34,7 +34,8 @@ def teleport_onto(game: NetHackGame, feature: str) -> None:
         keys(game, CTRL_T, feature, ".")
         settle(game)
         keys(game, ":")
-        here = game.obs[game_keys["message"]].tobytes()
+        # with objects on the stairs `:` lists them in a window, the staircase line included
+        here = game.obs[game_keys["message"]].tobytes() + game.tty_chars.tobytes()
         settle(game)
         if wanted in here:
             return

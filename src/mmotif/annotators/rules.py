@@ -37,7 +37,7 @@ DEFAULT_RULES: dict[str, dict[str, float]] = {
     "worshipper": {"altar": 2.0, **_AVOID},
     "merchant": {"shop": 2.0, "gold_pickup": 0.5, **_AVOID},
 }
-RULES_VERSION = "rules-v2"  # bump when DEFAULT_RULES change: preferences record it
+RULES_VERSION = "rules-v3"  # bump when DEFAULT_RULES or the events they read change: preferences record it
 
 
 def resolve_rules(skills: Sequence[str], overrides: Rules | None = None) -> dict[str, dict[str, float]]:

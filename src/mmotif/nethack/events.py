@@ -31,8 +31,16 @@ MESSAGE_EVENTS: dict[str, re.Pattern] = {
     "shop": re.compile(r"\bshopkeeper\b|\bWelcome to (?!experience level)|\bzorkmids?\b|\boffers \d+ gold\b"
                        r"|\b[Ss]ell it\b|\bYou sold\b|\bfor sale\b|\bYou owe\b"),
     "prayer": re.compile(r"\bYou begin praying\b|\bYou finish your prayer\b"),
-    "god_angry": re.compile(r"\bThou hast angered me\b|\bis displeased\b|\bthunder\b|\bbooming\b",
-                            re.IGNORECASE),
+    # The god's anger in NetHack's own words (pray.c: angrygods, gods_angry, godvoice,
+    # god_zaps_you, punish, and the minion it sends, named "<minion> of <god>"). A random
+    # policy prays every ~30 steps, so these are among the commonest messages of its games.
+    "god_angry": re.compile(
+        r"\bThou hast angered me\b|\bis displeased\b|\bThe voice of .+ (?:booms|thunders|rings out)\b"
+        r"|\bThou (?:hast strayed from the path|art arrogant|must relearn thy lessons|durst (?:call upon|scorn) me)\b"
+        r"|\bThen die, (?:mortal|creature)\b|\bblack glow surrounds you\b|\bpunished for your misbehavior\b"
+        r"|\bYou feel foolish\b|\bbolt of lightning\b|\bwide-angle disintegration beam\b"
+        r"|\b(?:elemental|Angel|Aleax|Archon|ki-rin) of [A-Z]",
+        re.IGNORECASE),
 }
 # State-change lines, matched on the caption text (see captions.caption_text).
 CHANGE_EVENTS: dict[str, str] = {
