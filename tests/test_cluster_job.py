@@ -250,12 +250,22 @@ class RayCluster:
         self.address = f"http://127.0.0.1:{self.dashboard}"
 
     def _start(self, cmd: list[str]) -> None:
-        p = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+        """`ray start` in a session of its own, found again by its id in `stop`. The session's
+        leader, a shell, outlives `ray start` (it then sleeps) so that the id stays taken while
+        the cluster lives: pids wrap around (at 32,768 here), and a freed id could become the
+        session of another test's processes, which `stop` would then kill."""
+        out = self.root / f"start-{len(self.sessions)}"
+        script = '"$@" >"$0.log" 2>&1; echo $? >"$0.tmp" && mv "$0.tmp" "$0.rc"; exec sleep 1000000'
+        p = subprocess.Popen(["sh", "-c", script, str(out), *cmd], env=self.env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sessions.append(p.pid)  # setsid: the session id is this pid
-        out, _ = p.communicate(timeout=180)
-        if p.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({p.returncode}):\n{out[-3000:]}")
+        rc, deadline = Path(f"{out}.rc"), time.monotonic() + 180
+        while not rc.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        code = int(rc.read_text()) if rc.exists() else None
+        if code != 0:
+            log = Path(f"{out}.log").read_text() if Path(f"{out}.log").exists() else ""
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({code}):\n{log[-3000:]}")
 
     def start(self) -> None:
         self._start(self.head_cmd)
@@ -398,6 +408,7 @@ def _wait(pred, timeout_s: float, every_s: float = 1.0, what: str = ""):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_submit_short_run_succeeds_on_two_nodes(ray_cluster, tmp_path):
     c = ray_cluster
     run_dir = tmp_path / "run"
@@ -473,6 +484,7 @@ def test_submit_short_run_succeeds_on_two_nodes(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_probe_job_spreads_actors_and_exports_metrics_per_node(ray_cluster, tmp_path):
     c = ray_cluster
     (tmp_path / "probe.py").write_text(PROBE)
@@ -519,6 +531,7 @@ def test_probe_job_spreads_actors_and_exports_metrics_per_node(ray_cluster, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_job_commands_explain_address_and_token_errors(ray_cluster):
     c = ray_cluster
     r = c.cli("status", "nope", "--address", f"127.0.0.1:{c.gcs}")  # the GCS port, not HTTP
@@ -531,6 +544,8 @@ def test_job_commands_explain_address_and_token_errors(ray_cluster):
     assert r.returncode == 2 and "no job 'nope'" in r.stderr
 
 
+# the module's last test: the two-node cluster's teardown runs in its teardown
+@pytest.mark.exclusive
 def test_autoscaler_bundles_cover_the_plan_at_max_actors():
     plan = cl.ActorPlan(num_rollout_actors=1, num_annotators=1, learner_device="cuda")
     cfg = _cfg(actors={"num_actors": "auto", "max_actors": 4, "threads_per_actor": 2})
