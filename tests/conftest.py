@@ -1,50 +1,10 @@
-"""Shared fixtures: one local Ray instance per test module that asks for it; and, under
-pytest-xdist, a lock that runs each `exclusive` test alone."""
+"""Shared fixtures: one local Ray instance per test module that asks for it."""
 
-import fcntl
 import gc
-import hashlib
-import os
-import tempfile
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import ray
-
-
-@contextmanager
-def _suite_lock(config, exclusive: bool):
-    """A readers-writer lock shared by the xdist workers of one run: every test holds it
-    shared, an `exclusive` one alone, so a test with clusters of its own and wall-clock
-    deadlines never shares the two cores with another test. No-op without xdist."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        yield
-        return
-    tag = hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
-    base = Path(tempfile.gettempdir()) / f"mmotif-pytest-{tag}"
-    # the turnstile makes it fair: a waiting exclusive test holds it, so no new shared one
-    # slips in ahead of it
-    with open(f"{base}.turnstile", "a") as turnstile, open(f"{base}.lock", "a") as lock:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if exclusive:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        else:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-            fcntl.flock(lock, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Setup, call and teardown of each test (module fixtures included) under the lock."""
-    with _suite_lock(item.config, exclusive=item.get_closest_marker("exclusive") is not None):
-        yield
 
 
 def _start_ray() -> None:

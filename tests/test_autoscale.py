@@ -30,7 +30,6 @@ def cluster():
     c.shutdown()
 
 
-@pytest.mark.exclusive
 def test_cpus_added_mid_run_become_rollout_actors(cluster, tmp_path, monkeypatch):
     monkeypatch.setattr(driver_module, "GROWTH_CHECK_S", 1.0)
     cfg = load_config(preset_name="local", overrides={
@@ -89,7 +88,6 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         }
 
 
-@pytest.mark.exclusive
 def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp_path, monkeypatch):
     """Ray's fake autoscaler (real raylets on this machine, launched on demand): a head with
     room for the learner and one rollout actor, worker nodes of 1 CPU from zero. The driver's

@@ -408,7 +408,6 @@ def _wait(pred, timeout_s: float, every_s: float = 1.0, what: str = ""):
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive
 def test_submit_short_run_succeeds_on_two_nodes(ray_cluster, tmp_path):
     c = ray_cluster
     run_dir = tmp_path / "run"
@@ -484,7 +483,6 @@ def test_submit_short_run_succeeds_on_two_nodes(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive
 def test_probe_job_spreads_actors_and_exports_metrics_per_node(ray_cluster, tmp_path):
     c = ray_cluster
     (tmp_path / "probe.py").write_text(PROBE)
@@ -531,7 +529,6 @@ def test_probe_job_spreads_actors_and_exports_metrics_per_node(ray_cluster, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive
 def test_job_commands_explain_address_and_token_errors(ray_cluster):
     c = ray_cluster
     r = c.cli("status", "nope", "--address", f"127.0.0.1:{c.gcs}")  # the GCS port, not HTTP
@@ -544,8 +541,6 @@ def test_job_commands_explain_address_and_token_errors(ray_cluster):
     assert r.returncode == 2 and "no job 'nope'" in r.stderr
 
 
-# the module's last test: the two-node cluster's teardown runs in its teardown
-@pytest.mark.exclusive
 def test_autoscaler_bundles_cover_the_plan_at_max_actors():
     plan = cl.ActorPlan(num_rollout_actors=1, num_annotators=1, learner_device="cuda")
     cfg = _cfg(actors={"num_actors": "auto", "max_actors": 4, "threads_per_actor": 2})

@@ -272,7 +272,6 @@ def test_actor_resources_pin_each_role():
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive
 def test_run_survives_a_lost_worker_and_uses_a_worker_that_joins(tmp_path):
     _require_namespaces()
     cluster = NamespaceCluster(tmp_path)
