@@ -5,8 +5,12 @@ a head node with room for the learner and one rollout actor; a second node joins
 driver adds a rollout actor there and it produces trajectories.
 """
 
+import json
 import os
+import shutil
+import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,6 +18,7 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import AutoscalingCluster, Cluster
+from sessions import end_sessions, run_in_own_session
 
 from mmotif.config import load_config
 from mmotif.runtime import driver as driver_module
@@ -68,7 +73,37 @@ def test_cpus_added_mid_run_become_rollout_actors(cluster, tmp_path, monkeypatch
 
 class FakeAutoscalingCluster(AutoscalingCluster):
     """Ray's fake multi-node autoscaler. The PyPI wheel lacks the base config it reads
-    (fake_multi_node/example.yaml), so the fields that provider needs are given here."""
+    (fake_multi_node/example.yaml), so the fields that provider needs are given here.
+
+    Ray's own `start` and `shutdown` run `ray stop --force`, which kills every Ray instance
+    on the machine (the developer's too). This one runs its head on a free port in a session
+    of its own, whose leader (a shell that then sleeps) keeps the session id taken, and
+    `shutdown` ends exactly that session: the head, its autoscaler and the worker nodes the
+    autoscaler launched (in-process `Node`s of the autoscaler's monitor)."""
+
+    def __init__(self, head_resources, worker_node_types):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.root = Path(tempfile.mkdtemp(prefix="mmfa", dir="/tmp"))  # short: socket paths
+        super().__init__(head_resources, worker_node_types)
+        self.address = f"{ray.util.get_node_ip_address()}:{self.port}"  # the IP Ray's nodes pick
+        self._config["provider"]["gcs_address"] = self.address  # where launched nodes join
+        self.session = None
+
+    def start(self, _system_config=None, override_env=None):
+        config = self.root / "autoscaling.json"
+        config.write_text(json.dumps(self._config))
+        cmd = ["ray", "start", "--head", "--port", str(self.port),
+               f"--autoscaling-config={config}", f"--temp-dir={self.root / 'ray'}",
+               f"--num-cpus={self._head_resources['CPU']}", "--include-dashboard", "false"]
+        # no token: the test process connects as a plain local driver does
+        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled"}
+        self.session = run_in_own_session(cmd, env, self.root / "start")
+
+    def shutdown(self):
+        end_sessions([self.session])
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **extra):
         return {
@@ -103,7 +138,7 @@ def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp
     fake.start()
     try:
         cfg = load_config(preset_name="local", overrides={
-            "cluster": {"address": "auto"},
+            "cluster": {"address": fake.address},
             "annotator": {"num_annotators": 0},
             "actors": {"num_actors": "auto", "max_actors": 3, "envs_per_actor": 2},
             "learner": {"batch_size": 64, "rollout": 16},

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sessions import end_sessions, run_in_own_session
 
 from mmotif.config import load_config, preset
 from mmotif.runtime import cluster as cl
@@ -187,36 +187,6 @@ def test_submit_to_unreachable_address_names_it():
 # ============================================================================ real cluster
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes whose session id is `sid` (the `ray start` we ran with setsid)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
-            pids.append(int(entry))
-    return pids
-
-
-def _end_sessions(sids: list[int], grace_s: float = 10.0) -> list[int]:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for sid in sids:
-            for pid in _session_pids(sid):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_session_pids(s) for s in sids):
-            time.sleep(0.25)
-    return [p for s in sids for p in _session_pids(s)]
-
-
 class RayCluster:
     def __init__(self):
         (self.gcs, self.dashboard, self.client, head_nm, head_om, self.head_metrics, head_al,
@@ -250,22 +220,7 @@ class RayCluster:
         self.address = f"http://127.0.0.1:{self.dashboard}"
 
     def _start(self, cmd: list[str]) -> None:
-        """`ray start` in a session of its own, found again by its id in `stop`. The session's
-        leader, a shell, outlives `ray start` (it then sleeps) so that the id stays taken while
-        the cluster lives: pids wrap around (at 32,768 here), and a freed id could become the
-        session of another test's processes, which `stop` would then kill."""
-        out = self.root / f"start-{len(self.sessions)}"
-        script = '"$@" >"$0.log" 2>&1; echo $? >"$0.tmp" && mv "$0.tmp" "$0.rc"; exec sleep 1000000'
-        p = subprocess.Popen(["sh", "-c", script, str(out), *cmd], env=self.env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.sessions.append(p.pid)  # setsid: the session id is this pid
-        rc, deadline = Path(f"{out}.rc"), time.monotonic() + 180
-        while not rc.exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        code = int(rc.read_text()) if rc.exists() else None
-        if code != 0:
-            log = Path(f"{out}.log").read_text() if Path(f"{out}.log").exists() else ""
-            raise RuntimeError(f"{' '.join(cmd[:3])} failed ({code}):\n{log[-3000:]}")
+        self.sessions.append(run_in_own_session(cmd, self.env, self.root / f"start-{len(self.sessions)}"))
 
     def start(self) -> None:
         self._start(self.head_cmd)
@@ -281,7 +236,7 @@ class RayCluster:
         raise RuntimeError("the worker node did not join the head within 120 s")
 
     def stop(self) -> list[int]:
-        left = _end_sessions(self.sessions)
+        left = end_sessions(self.sessions)
         shutil.rmtree(self.root, ignore_errors=True)
         return left
 
