@@ -1,14 +1,30 @@
-"""Processes started in a session of their own and ended as one, for tests that start Ray
-clusters with `ray start`: its daemons outlive the command, so the session id is what finds
-them again. Never `ray stop`, which kills every Ray instance on the machine."""
+"""For tests that start Ray clusters of their own with `ray start`: free ports, and processes
+started in a session of their own and ended as one (`ray start`'s daemons outlive the command,
+so the session id is what finds them again). Never `ray stop`, which kills every Ray instance
+on the machine."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports free on 127.0.0.1 right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
 
 # The session's leader, a shell, runs the command, records its exit status, then sleeps for
 # the session's lifetime: the session id stays taken, so it cannot be handed to an unrelated

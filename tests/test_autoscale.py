@@ -8,7 +8,6 @@ driver adds a rollout actor there and it produces trajectories.
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import AutoscalingCluster, Cluster
-from sessions import end_sessions, run_in_own_session
+from sessions import end_sessions, free_ports, run_in_own_session
 
 from mmotif.config import load_config
 from mmotif.runtime import driver as driver_module
@@ -82,9 +81,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
     autoscaler launched (in-process `Node`s of the autoscaler's monitor)."""
 
     def __init__(self, head_resources, worker_node_types):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_ports(1)[0]
         self.root = Path(tempfile.mkdtemp(prefix="mmfa", dir="/tmp"))  # short: socket paths
         super().__init__(head_resources, worker_node_types)
         self.address = f"{ray.util.get_node_ip_address()}:{self.port}"  # the IP Ray's nodes pick
@@ -94,7 +91,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
     def start(self, _system_config=None, override_env=None):
         config = self.root / "autoscaling.json"
         config.write_text(json.dumps(self._config))
-        cmd = ["ray", "start", "--head", "--port", str(self.port),
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(self.port),
                f"--autoscaling-config={config}", f"--temp-dir={self.root / 'ray'}",
                f"--num-cpus={self._head_resources['CPU']}", "--include-dashboard", "false"]
         # no token: the test process connects as a plain local driver does
@@ -129,8 +126,6 @@ def test_max_actors_asks_the_autoscaler_and_the_run_grows_onto_the_new_nodes(tmp
     `request_resources` for `actors.max_actors` makes the autoscaler launch workers, and the
     run puts rollout actors on them."""
     monkeypatch.setattr(driver_module, "GROWTH_CHECK_S", 1.0)
-    # Ray's fake autoscaler runs `ray start` from PATH: this interpreter's, activated or not
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     fake = FakeAutoscalingCluster(
         head_resources={"CPU": 2},
         worker_node_types={"cpu_worker": {"resources": {"CPU": 1}, "node_config": {},

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sessions import end_sessions, run_in_own_session
+from sessions import end_sessions, free_ports, run_in_own_session
 
 from mmotif.config import load_config, preset
 from mmotif.runtime import cluster as cl
@@ -158,21 +157,8 @@ def test_submit_pieces(tmp_path):
         sb.build_runtime_env("docker", tmp_path)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_submit_to_unreachable_address_names_it():
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     r = subprocess.run([MMOTIF, "submit", "--address", f"127.0.0.1:{port}", "--preset", "local"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
@@ -190,7 +176,7 @@ def test_submit_to_unreachable_address_names_it():
 class RayCluster:
     def __init__(self):
         (self.gcs, self.dashboard, self.client, head_nm, head_om, self.head_metrics, head_al,
-         head_ag, head_re, w_nm, w_om, self.worker_metrics, w_al, w_ag, w_re) = _free_ports(15)
+         head_ag, head_re, w_nm, w_om, self.worker_metrics, w_al, w_ag, w_re) = free_ports(15)
         self.root = Path(tempfile.mkdtemp(prefix="mmr", dir="/tmp"))  # short: socket paths
         self.token = secrets.token_hex(32)
         self.env = {k: v for k, v in os.environ.items()
