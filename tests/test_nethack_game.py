@@ -13,6 +13,9 @@ from wizard import keys, screen, settle, teleport_onto, wish
 @pytest.fixture
 def game():
     g = NetHackGame(wizard=True)
+    # A fixed dungeon: with NLE's random seeds a monster now and then interrupts a rest
+    # or a macro, and the test reads one turn where it meant twenty-five.
+    g._nh.set_initial_seeds(core=20261208, disp=1, reseed=False)
     g.reset()
     yield g
     g.close()
