@@ -94,8 +94,12 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--port", str(self.port),
                f"--autoscaling-config={config}", f"--temp-dir={self.root / 'ray'}",
                f"--num-cpus={self._head_resources['CPU']}", "--include-dashboard", "false"]
-        # no token: the test process connects as a plain local driver does
-        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled"}
+        # The head authenticates as this process's driver will. A local `ray.init()` earlier in
+        # the process (another test's) leaves RAY_AUTH_MODE=token in os.environ, and a driver in
+        # token mode refuses a token-less cluster's calls ("Missing authorization header") and
+        # places no actor; otherwise the driver runs without a token, so the head must too.
+        mode = "token" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "disabled"
+        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": mode}
         self.session = run_in_own_session(cmd, env, self.root / "start")
 
     def shutdown(self):
