@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct TCP ports free on 127.0.0.1 right now."""
     socks = []

@@ -12,7 +12,7 @@ from mmotif.skills.build import make_skill_env, make_vector_env
 from mmotif.skills.code_policy import CodePolicy, builtin_source
 from mmotif.skills.env import SkillEnv
 from mmotif.skills.specs import SkillSet
-from wizard import screen, teleport_onto, wish
+from wizard import fix_dungeon, screen, teleport_onto, wish
 
 SCRIPTED = '''
 class NetHackPlayer:
@@ -33,8 +33,8 @@ class NetHackPlayer:
 
 
 def scripted_env(first: str, dungeon_seed: int | None = None) -> SkillEnv:
-    """A wizard-mode skill env whose policy over skills starts with `first`; `dungeon_seed`
-    fixes NetHack's own dice (NLE seeds each game at random otherwise)."""
+    """A wizard-mode skill env whose policy over skills starts with `first`, on a fixed
+    game when `dungeon_seed` is given."""
     skills = SkillSet()
     policy = CodePolicy.from_parts(
         [("scripted", SCRIPTED.format(first=first)),
@@ -43,7 +43,7 @@ def scripted_env(first: str, dungeon_seed: int | None = None) -> SkillEnv:
     )
     env = SkillEnv(skills, policy, wizard=True, seed=0)
     if dungeon_seed is not None:
-        env.game._nh.set_initial_seeds(core=dungeon_seed, disp=dungeon_seed, reseed=False)
+        fix_dungeon(env.game, dungeon_seed)
     env.reset()
     return env
 

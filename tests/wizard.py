@@ -8,6 +8,12 @@ from mmotif.nethack.game import NetHackGame
 CTRL_F, CTRL_T, CTRL_W = 6, 20, 23
 
 
+def fix_dungeon(game: NetHackGame, seed: int) -> None:
+    """Make the next `reset` deal a fixed game (NLE seeds each game at random): in random
+    ones a monster now and then interrupts a rest or stands where a test looks."""
+    game._nh.set_initial_seeds(core=seed, disp=seed, reseed=False)
+
+
 def keys(game: NetHackGame, *sequence: int | str) -> None:
     """Send raw keys, bypassing macros and prompt handling."""
     for item in sequence:
